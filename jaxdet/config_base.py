@@ -1,0 +1,99 @@
+"""Shared defaults for detector configs.
+
+Config files in `configs/` call these builders and then set what differs per detector
+and dataset, so every field a module reads is defined (and documented) in one place.
+"""
+
+import ml_collections
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, 0-255 scale
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+def data_config() -> ml_collections.ConfigDict:
+  """Input-pipeline fields shared by every detector."""
+  return ml_collections.ConfigDict(dict(
+      # shapes | coco_folder | tfds_coco | tfds_voc
+      source='shapes',
+      num_classes=0,  # filled from the source when 0
+      # coco_folder: an images folder and a COCO instances json per split.
+      train_images='', train_annotations='',
+      eval_images='', eval_annotations='',
+      # tfds_coco / tfds_voc: tfds data dir ('' = tfds default, ~/tensorflow_datasets).
+      tfds_data_dir='',
+      # Resize keeping aspect ratio so the short side is `short_side` and the long side
+      # at most `max_size`, then pad bottom/right to the static `image_size` (H, W).
+      short_side=800, max_size=1333, image_size=(1344, 1344),
+      random_flip=True,
+      max_boxes=100,
+      min_box_size=1.0,  # boxes narrower/shorter than this (resized px) are dropped
+      skip_bad_examples=False,  # False: raise naming file+field; True: log and skip
+      shuffle_buffer=1024,
+      mean=IMAGENET_MEAN, std=IMAGENET_STD,
+      prefetch=2,
+      shapes=ml_collections.ConfigDict(dict(
+          num_train=3000, num_val=300, image_size=256, seed=0,
+          cache_dir='',  # '' = ~/.cache/jaxdet/shapes
+      )),
+  ))
+
+
+def retinanet_config() -> ml_collections.ConfigDict:
+  """RetinaNet R50-FPN 1x defaults (Lin et al. 2017; mmdetection retinanet_r50_fpn_1x)."""
+  c = ml_collections.ConfigDict()
+  c.detector = 'retinanet'
+  c.seed = 0
+  c.data = data_config()
+  c.model = ml_collections.ConfigDict(dict(
+      backbone=dict(depth=50, width=64, norm='frozen_bn', freeze_at=1),
+      fpn=dict(channels=256, min_level=3, max_level=7),
+      head=dict(channels=256, num_convs=4, prior_prob=0.01, norm='none'),
+      anchors=dict(octave_base_scale=4.0, scales_per_octave=3,
+                   ratios=(0.5, 1.0, 2.0), center_offset=0.5),
+      dtype='float32',  # compute dtype: float32 | bfloat16 (params stay float32)
+  ))
+  c.assign = ml_collections.ConfigDict(dict(
+      pos_iou=0.5, neg_iou=0.4, allow_low_quality=True, min_low_quality_iou=0.0))
+  c.box_coder = ml_collections.ConfigDict(dict(
+      means=(0.0, 0.0, 0.0, 0.0), stds=(1.0, 1.0, 1.0, 1.0)))
+  c.loss = ml_collections.ConfigDict(dict(
+      focal_alpha=0.25, focal_gamma=2.0,
+      box_loss='smooth_l1',  # smooth_l1 | l1 | giou
+      smooth_l1_beta=0.11, box_weight=1.0, giou_weight=2.0))
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=16,  # global
+      optimizer='sgd',  # sgd (papers) | adamw (from-scratch CPU runs)
+      base_lr=0.01, base_batch_size=16,  # lr = base_lr * batch_size / base_batch_size
+      momentum=0.9, weight_decay=1e-4,
+      epochs=12.0, lr_drop_epochs=(8.0, 11.0), lr_drop_factor=0.1,
+      num_steps=-1,  # > 0 overrides epochs
+      warmup_steps=500, warmup_factor=0.001,
+      grad_clip_norm=35.0,
+      log_every=50, checkpoint_every=1000, keep_checkpoints=3,
+      eval_every=-1,  # -1: only at the end
+  ))
+  c.eval = ml_collections.ConfigDict(dict(
+      batch_size=8, score_threshold=0.05, pre_nms_top_k=1000, nms_iou=0.5,
+      max_detections=100, num_images=-1))  # -1: whole split
+  return c
+
+
+def make_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks any detector config to a run of about a minute on a 2-core CPU.
+
+  Keeps the method's switches; changes only sizes and schedule.
+  """
+  c.data.short_side, c.data.max_size = 128, 128
+  c.data.image_size = (128, 128)
+  c.data.max_boxes = 16
+  c.data.shuffle_buffer = 64
+  c.data.shapes.num_train, c.data.shapes.num_val = 64, 16
+  c.data.shapes.image_size = 128
+  c.model.backbone.update(depth=18, width=16, norm='gn', freeze_at=0)
+  c.model.fpn.channels = 32
+  c.model.head.update(channels=32, num_convs=2, norm='gn')
+  c.model.anchors.octave_base_scale = 2.0
+  c.train.update(batch_size=4, base_batch_size=4, num_steps=30, warmup_steps=5,
+                 log_every=10, checkpoint_every=15, keep_checkpoints=2, base_lr=0.01)
+  c.eval.update(batch_size=4, num_images=16)
+  return c

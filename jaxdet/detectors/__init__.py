@@ -1,0 +1,17 @@
+"""Detectors: a Flax module plus the pure functions that train and decode it."""
+
+import ml_collections
+
+from jaxdet.detectors.retinanet import RetinaNet
+
+_DETECTORS = {
+    'retinanet': RetinaNet,
+}
+
+
+def build_detector(config: ml_collections.ConfigDict, num_classes: int):
+  """The detector named by `config.detector`, for `num_classes` foreground classes."""
+  if config.detector not in _DETECTORS:
+    raise ValueError(f'config.detector: unknown {config.detector!r}; '
+                     f'known: {sorted(_DETECTORS)}')
+  return _DETECTORS[config.detector](config, num_classes)

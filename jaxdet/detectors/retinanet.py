@@ -1,0 +1,124 @@
+"""RetinaNet (Lin et al., "Focal Loss for Dense Object Detection", 2017).
+
+The detector object ties the Flax module to its anchors and to the pure functions that
+turn outputs into losses (training) or detections (inference).
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxdet import losses
+from jaxdet import postprocess
+from jaxdet.assign import max_iou
+from jaxdet.models import resnet
+from jaxdet.models import retinanet as retinanet_model
+from jaxdet.ops import anchors as anchors_lib
+from jaxdet.ops import boxes as box_ops
+
+
+def gather_matched(values, matched_gt):
+  """values [B, G, ...] gathered by matched_gt [B, A] -> [B, A, ...]."""
+  return jax.vmap(lambda v, i: v[i])(values, matched_gt)
+
+
+class RetinaNet:
+  """RetinaNet: focal loss on MaxIoU-assigned anchors, delta regression."""
+
+  def __init__(self, config: ml_collections.ConfigDict, num_classes: int):
+    self.config = config
+    self.num_classes = num_classes
+    self.image_size = tuple(config.data.image_size)
+    model = config.model
+    self.strides = tuple(2**l for l in range(model.fpn.min_level, model.fpn.max_level + 1))
+    a = model.anchors
+    self.anchors = anchors_lib.generate_anchors(
+        self.image_size, self.strides, a.octave_base_scale, a.scales_per_octave,
+        a.ratios, a.center_offset)
+    self.anchors_per_level = anchors_lib.num_anchors_per_level(
+        self.image_size, self.strides, len(a.ratios) * a.scales_per_octave)
+    self.module = retinanet_model.RetinaNet(num_classes=num_classes, config=model)
+
+  def init(self, rng: jax.Array) -> dict:
+    """Variables ({'params', 'batch_stats'?}) for one [1, H, W, 3] image."""
+    images = jnp.zeros((1, *self.image_size, 3), jnp.float32)
+    return self.module.init(rng, images, train=False)
+
+  def _decode(self, deltas):
+    c = self.config.box_coder
+    return box_ops.decode_deltas(deltas, self.anchors, c.means, c.stds)
+
+  def loss(self, variables: dict, batch: dict, rng: jax.Array | None = None):
+    """Focal + box loss over the global batch, both divided by the number of positives.
+
+    Returns:
+      (scalar loss, dict of scalar metrics).
+    """
+    del rng
+    out = self.module.apply(variables, batch['image'], train=True)
+    cfg = self.config
+    assigned = max_iou.max_iou_assign(
+        self.anchors, batch['boxes'], batch['gt_mask'], cfg.assign.pos_iou,
+        cfg.assign.neg_iou, cfg.assign.allow_low_quality, cfg.assign.min_low_quality_iou)
+    return self.loss_from_assignment(out, batch, assigned)
+
+  def loss_from_assignment(self, out: dict, batch: dict, assigned: dict):
+    """Classification and box losses given an anchor assignment ([B, A] arrays)."""
+    cfg = self.config
+    positive = assigned['assign'] == 1
+    counted = assigned['assign'] >= 0
+    # One normalizer for the whole (global) batch: under jit over a sharded batch this
+    # sum already spans every device and host.
+    num_pos = jnp.maximum(positive.sum(), 1).astype(jnp.float32)
+
+    matched_labels = gather_matched(batch['labels'], assigned['matched_gt'])
+    cls_targets = jax.nn.one_hot(matched_labels, self.num_classes) * positive[..., None]
+    focal = losses.sigmoid_focal_loss(
+        out['cls_logits'], cls_targets, cfg.loss.focal_alpha, cfg.loss.focal_gamma)
+    cls_loss = jnp.sum(focal * counted[..., None]) / num_pos
+
+    matched_boxes = gather_matched(batch['boxes'], assigned['matched_gt'])
+    box_loss = self.box_loss(out['box_deltas'], matched_boxes, positive) / num_pos
+    total = cls_loss + box_loss
+    metrics = dict(loss=total, cls_loss=cls_loss, box_loss=box_loss,
+                   num_pos_per_image=positive.sum() / positive.shape[0])
+    return total, metrics
+
+  def box_loss(self, deltas, matched_boxes, positive):
+    """Summed box loss over positive anchors. deltas/matched_boxes: [B, A, 4]."""
+    cfg = self.config.loss
+    if cfg.box_loss == 'giou':
+      per_box = losses.giou_loss(self._decode(deltas), matched_boxes)
+      return cfg.giou_weight * jnp.sum(jnp.where(positive, per_box, 0.0))
+    c = self.config.box_coder
+    targets = box_ops.encode_deltas(matched_boxes, self.anchors, c.means, c.stds)
+    if cfg.box_loss == 'smooth_l1':
+      per_coord = losses.smooth_l1_loss(deltas, targets, cfg.smooth_l1_beta)
+    elif cfg.box_loss == 'l1':
+      per_coord = losses.l1_loss(deltas, targets)
+    else:
+      raise ValueError(f'config.loss.box_loss: unknown {cfg.box_loss!r} '
+                       "(expected 'smooth_l1', 'l1' or 'giou')")
+    return cfg.box_weight * jnp.sum(jnp.where(positive[..., None], per_coord, 0.0))
+
+  def predict(self, variables: dict, batch: dict) -> dict:
+    """Detections per image: boxes [B, D, 4] (network-input pixels), scores, classes, valid."""
+    out = self.module.apply(variables, batch['image'], train=False)
+    scores = jax.nn.sigmoid(out['cls_logits'])
+    boxes = self._decode(out['box_deltas'])
+    boxes = box_ops.clip_boxes(boxes, *self.image_size)
+    return self.detections_from_dense(scores, boxes)
+
+  def detections_from_dense(self, scores, boxes):
+    """Split [B, A, ...] by level and run thresholding, top-k and NMS."""
+    splits = np.cumsum(self.anchors_per_level)[:-1]
+    e = self.config.eval
+    return postprocess.dense_detections(
+        jnp.split(scores, splits, axis=1), jnp.split(boxes, splits, axis=1),
+        score_threshold=e.score_threshold, pre_nms_top_k=e.pre_nms_top_k,
+        nms_iou=e.nms_iou, max_detections=e.max_detections)
+
+  def trainable_mask(self, params):
+    """Pytree of bools: False for the frozen backbone stages."""
+    return resnet.trainable_mask(params, self.config.model.backbone.freeze_at)

@@ -1,0 +1,168 @@
+"""The train / evaluate driver behind `train.py`."""
+
+import json
+import logging
+import math
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+from clu import metric_writers
+
+from jaxdet import detectors
+from jaxdet import visualize
+from jaxdet.data import pipeline
+from jaxdet.data import sources
+from jaxdet.evaluation import evaluator
+from jaxdet.training import checkpoint
+from jaxdet.training import optimizer as optimizer_lib
+from jaxdet.training import sharding
+from jaxdet.training.step import create_train_state, make_predict, make_train_step
+
+TRAIN_SPLIT, EVAL_SPLIT = 'train', 'eval'
+
+
+class Experiment:
+  """Everything a run needs, built once from the config."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config = config
+    self.workdir = workdir
+    os.makedirs(workdir, exist_ok=True)
+    self.source = sources.build_source(config.data)
+    self.class_names = list(self.source.class_names)
+    num_classes = config.data.num_classes or len(self.class_names)
+    self.detector = detectors.build_detector(config, num_classes)
+    self.mesh = sharding.make_mesh()
+    self.num_steps, steps_per_epoch = optimizer_lib.total_steps(
+        config.train, self.source.num_examples(TRAIN_SPLIT))
+    self.schedule = optimizer_lib.lr_schedule(config.train, steps_per_epoch)
+    self.state, self.tx = create_train_state(self.detector, config, self.schedule, self.mesh)
+    self.manager = checkpoint.make_manager(workdir, config.train)
+    self.state = checkpoint.restore_latest(self.manager, self.state)
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        f.write(config.to_json_best_effort(indent=2))
+
+  @property
+  def step(self) -> int:
+    return int(jax.device_get(self.state.step))
+
+  def train(self) -> None:
+    """Trains from the restored step to `num_steps`, checkpointing and logging."""
+    config, start = self.config, self.step
+    if start >= self.num_steps:
+      logging.info('Already trained: step %d of %d.', start, self.num_steps)
+      return
+    local_batch = sharding.check_batch_size(
+        config.train.batch_size, 'config.train.batch_size', self.mesh)
+    batches = pipeline.make_dataset(
+        config.data, self.source, TRAIN_SPLIT, batch_size=local_batch, training=True,
+        seed=config.seed, process_index=jax.process_index(),
+        process_count=jax.process_count(), start_step=start).as_numpy_iterator()
+    train_step = make_train_step(self.detector, self.tx, self.mesh, config.seed)
+    writer = metric_writers.create_default_writer(
+        self.workdir, just_logging=jax.process_index() > 0)
+    eval_every = config.train.eval_every
+    logging.info('Training steps %d..%d, global batch %d.', start, self.num_steps,
+                 config.train.batch_size)
+    progress = tqdm.tqdm(total=self.num_steps, initial=start, desc='train',
+                         disable=jax.process_index() > 0, dynamic_ncols=True)
+    last_time, last_step = time.perf_counter(), start
+    previous = None
+    for step in range(start + 1, self.num_steps + 1):
+      batch = sharding.global_batch(next(batches), self.mesh)
+      self.state, metrics = train_step(self.state, batch)
+      # Wait for the previous step only: the device stays busy, and the progress bar
+      # (and its ETA) counts finished steps rather than dispatched ones.
+      if previous is not None:
+        jax.block_until_ready(previous)
+        progress.update(1)
+      previous = metrics
+      if step % config.train.log_every == 0 or step == self.num_steps:
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not math.isfinite(metrics['loss']):
+          raise FloatingPointError(
+              f'Non-finite loss at step {step}: {metrics}. Lower config.train.base_lr or '
+              'check the data.')
+        now = time.perf_counter()
+        metrics['images_per_s'] = (step - last_step) * config.train.batch_size / (now - last_time)
+        metrics['lr'] = float(self.schedule(step - 1))
+        last_time, last_step = now, step
+        writer.write_scalars(step, metrics)
+        progress.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.2g}")
+      if step % config.train.checkpoint_every == 0 or step == self.num_steps:
+        checkpoint.save(self.manager, step, self.state)
+      if eval_every > 0 and step % eval_every == 0 and step < self.num_steps:
+        self.evaluate(writer)
+    jax.block_until_ready(previous)
+    progress.update(1)
+    progress.close()
+    self.manager.wait_until_finished()
+    writer.flush()
+
+  def eval_batches(self, num_batches: int | None):
+    """(global, local) eval batches, at most `num_batches`."""
+    local_batch = sharding.check_batch_size(self.config.eval.batch_size,
+                                            'config.eval.batch_size', self.mesh)
+    ds = pipeline.make_dataset(
+        self.config.data, self.source, EVAL_SPLIT, batch_size=local_batch,
+        training=False, seed=self.config.seed, process_index=jax.process_index(),
+        process_count=jax.process_count())
+    if num_batches is not None:
+      ds = ds.take(num_batches)
+    for local in ds.as_numpy_iterator():
+      yield sharding.global_batch(local, self.mesh), local
+
+  def evaluate(self, writer=None) -> dict:
+    """COCO metrics of the current state on the eval split, appended to eval_metrics.jsonl."""
+    config, step = self.config, self.step
+    num_images = self.source.num_examples(EVAL_SPLIT)
+    if config.eval.num_images > 0:
+      num_images = min(num_images, config.eval.num_images)
+    num_batches = math.ceil(num_images / config.eval.batch_size)
+    predict = make_predict(self.detector, self.mesh)
+    variables = self.state.variables()
+    ground_truth = self.source.coco_ground_truth(EVAL_SPLIT)
+    metrics, results = evaluator.evaluate(
+        lambda batch: predict(variables, batch), self.eval_batches(num_batches),
+        ground_truth, self.source.category_ids, num_batches=num_batches,
+        voc_metric=config.data.source == 'tfds_voc')
+    evaluator.append_metrics(self.workdir, step, metrics)
+    if writer is not None:
+      writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items()})
+    if jax.process_index() == 0:
+      with open(os.path.join(self.workdir, 'detections_val.json'), 'w') as f:
+        json.dump(results, f)
+      self.save_picture(predict, variables)
+    return metrics
+
+  def save_picture(self, predict, variables, path: str | None = None) -> str:
+    """Draws the first eval batch's detections to workdir/detections.png."""
+    global_batch, local = next(self.eval_batches(1))
+    dets = jax.tree.map(np.asarray, jax.device_get(predict(variables, global_batch)))
+    dets = {k: v[:len(local['image'])] for k, v in dets.items()}
+    grid = visualize.detection_grid(local, dets, self.class_names,
+                                    self.config.data.mean, self.config.data.std)
+    path = path or os.path.join(self.workdir, 'detections.png')
+    grid.save(path)
+    logging.info('Wrote %s', path)
+    return path
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> dict | None:
+  """train | eval | train_and_eval; returns the eval metrics when it evaluates."""
+  if mode not in ('train', 'eval', 'train_and_eval'):
+    raise ValueError(f'--mode: unknown {mode!r} (train, eval or train_and_eval)')
+  if mode == 'eval' and checkpoint.make_manager(workdir, config.train).latest_step() is None:
+    raise FileNotFoundError(
+        f'--mode=eval: no checkpoint under {os.path.join(workdir, "checkpoints")}')
+  experiment = Experiment(config, workdir)
+  if mode in ('train', 'train_and_eval'):
+    experiment.train()
+  if mode in ('eval', 'train_and_eval'):
+    return experiment.evaluate()
+  return None

@@ -1,0 +1,59 @@
+"""SGD with momentum, linear warmup and step decay, as in the reference 1x schedules."""
+
+import math
+
+import jax
+import ml_collections
+import optax
+
+
+def learning_rate(train: ml_collections.ConfigDict) -> float:
+  """Peak lr, scaled linearly with the global batch size (Goyal et al. 2017)."""
+  return train.base_lr * train.batch_size / train.base_batch_size
+
+
+def lr_schedule(train: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+  """Linear warmup from `warmup_factor * lr`, then x`lr_drop_factor` at each drop epoch.
+
+  Matches mmdetection's `warmup='linear'` with step policy: the warmup factor multiplies
+  the step-decay lr rather than replacing it.
+  """
+  peak = learning_rate(train)
+  boundaries = {int(round(e * steps_per_epoch)): train.lr_drop_factor
+                for e in train.lr_drop_epochs}
+  decay = optax.piecewise_constant_schedule(peak, boundaries)
+  warmup = optax.linear_schedule(train.warmup_factor, 1.0, max(train.warmup_steps, 1))
+  return lambda step: decay(step) * warmup(step)
+
+
+def total_steps(train: ml_collections.ConfigDict, num_train_examples: int) -> tuple[int, int]:
+  """(total training steps, steps per epoch) for the config and dataset size."""
+  steps_per_epoch = max(1, math.ceil(num_train_examples / train.batch_size))
+  if train.num_steps > 0:
+    return train.num_steps, steps_per_epoch
+  return int(round(train.epochs * steps_per_epoch)), steps_per_epoch
+
+
+def make_optimizer(train: ml_collections.ConfigDict, schedule: optax.Schedule,
+                   trainable) -> optax.GradientTransformation:
+  """Clip, then SGD with momentum and weight decay (the papers' setting) or AdamW
+  (`train.optimizer`); params where `trainable` is False stay fixed.
+
+  Args:
+    trainable: pytree of bools with the structure of the params (frozen backbone
+      stages are False: they get neither updates nor weight decay).
+  """
+  if train.optimizer == 'sgd':
+    # torch.optim.SGD order: decay is added to the (clipped) gradient before momentum.
+    update = optax.chain(optax.add_decayed_weights(train.weight_decay),
+                         optax.sgd(schedule, momentum=train.momentum))
+  elif train.optimizer == 'adamw':
+    update = optax.adamw(schedule, weight_decay=train.weight_decay)
+  else:
+    raise ValueError(f"config.train.optimizer: unknown {train.optimizer!r} "
+                     "(expected 'sgd' or 'adamw')")
+  clip = (optax.clip_by_global_norm(train.grad_clip_norm) if train.grad_clip_norm > 0
+          else optax.identity())
+  labels = jax.tree.map(lambda t: 'train' if t else 'frozen', trainable)
+  return optax.multi_transform(
+      {'train': optax.chain(clip, update), 'frozen': optax.set_to_zero()}, labels)

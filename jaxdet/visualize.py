@@ -1,0 +1,68 @@
+"""Pictures of detections, for people who would rather look than read."""
+
+import colorsys
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def _palette(n: int) -> list[tuple[int, int, int]]:
+  return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(i / max(n, 1), 0.85, 1.0))
+          for i in range(n)]
+
+
+def draw_detections(image: np.ndarray, boxes, classes, scores, class_names,
+                    gt_boxes=None) -> Image.Image:
+  """One image with labelled boxes.
+
+  Args:
+    image: uint8 [H, W, 3].
+    boxes: [N, 4] xyxy pixels of `image`; classes [N] int; scores [N] in [0, 1].
+    class_names: names indexed by class.
+    gt_boxes: optional [M, 4] ground truth, drawn thin and white.
+  """
+  pil = Image.fromarray(image)
+  draw = ImageDraw.Draw(pil)
+  colors = _palette(len(class_names))
+  for box in ([] if gt_boxes is None else gt_boxes):
+    draw.rectangle([float(v) for v in box], outline=(255, 255, 255), width=1)
+  for box, cls, score in zip(boxes, classes, scores):
+    color = colors[int(cls) % len(colors)]
+    x1, y1, x2, y2 = (float(v) for v in box)
+    draw.rectangle([x1, y1, x2, y2], outline=color, width=2)
+    text = f'{class_names[int(cls)]} {score:.2f}'
+    tw, th = draw.textbbox((0, 0), text)[2:]
+    ty = max(y1 - th - 2, 0)
+    draw.rectangle([x1, ty, x1 + tw + 2, ty + th + 2], fill=color)
+    draw.text((x1 + 1, ty + 1), text, fill=(0, 0, 0))
+  return pil
+
+
+def denormalize(image: np.ndarray, mean, std) -> np.ndarray:
+  """Network input [H, W, 3] float -> uint8 RGB."""
+  return np.clip(image * np.asarray(std) + np.asarray(mean), 0, 255).astype(np.uint8)
+
+
+def detection_grid(batch: dict, detections: dict, class_names, mean, std, *,
+                   score_threshold=0.3, columns=4, max_images=8) -> Image.Image:
+  """A grid of the batch's images (cropped to their content) with detections above
+  `score_threshold`; ground truth in thin white."""
+  tiles = []
+  for b in np.flatnonzero(batch['valid'])[:max_images]:
+    h, w = np.round(batch['orig_size'][b] * batch['scale'][b]).astype(int)
+    image = denormalize(batch['image'][b], mean, std)[:h, :w]
+    keep = detections['valid'][b] & (detections['scores'][b] >= score_threshold)
+    tiles.append(draw_detections(
+        np.ascontiguousarray(image), detections['boxes'][b][keep],
+        detections['classes'][b][keep], detections['scores'][b][keep], class_names,
+        gt_boxes=batch['boxes'][b][batch['gt_mask'][b]]))
+  if not tiles:
+    return Image.new('RGB', (64, 64))
+  tw = max(t.width for t in tiles)
+  th = max(t.height for t in tiles)
+  cols = min(columns, len(tiles))
+  rows = -(-len(tiles) // cols)
+  grid = Image.new('RGB', (cols * tw, rows * th))
+  for i, t in enumerate(tiles):
+    grid.paste(t, ((i % cols) * tw, (i // cols) * th))
+  return grid

@@ -1,0 +1,80 @@
+"""End to end through the command line: train, checkpoint, resume, evaluate, draw."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+COCO_KEYS = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AP60', 'AP70', 'AP80', 'AP90')
+
+
+def train(repo, workdir, cache, *flags):
+  """Runs train.py on the shapes smoke config; returns its log."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2',
+             JAX_COMPILATION_CACHE_DIR=os.path.join(cache, 'xla'),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  cmd = [sys.executable, 'train.py', '--config=configs/retinanet_shapes.py:smoke',
+         f'--workdir={workdir}', f'--config.data.shapes.cache_dir={cache}', *flags]
+  proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True,
+                        timeout=500)
+  log = proc.stdout + proc.stderr
+  assert proc.returncode == 0, log[-6000:]
+  return log
+
+
+def logged(log, name):
+  """{step: value} of a scalar from the metric writer's log lines '[step] a=1, b=2'."""
+  return {int(s): float(v) for s, v in
+          re.findall(r'\[(\d+)\] .*?\b' + name + r'=([-+0-9.eE]+|nan|inf)', log)}
+
+
+def test_train_resume_evaluate(repo_root, shapes_cache, tmp_path):
+  workdir = str(tmp_path / 'run')
+  # 30 steps, checkpoints every 15 (smoke config).
+  log = train(repo_root, workdir, shapes_cache, '--mode=train')
+  losses = logged(log, 'loss')
+  assert sorted(losses) == [10, 20, 30], log[-3000:]
+  assert losses[30] < losses[10], losses
+  assert logged(log, 'images_per_s')[30] > 0
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['15', '30']
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
+  assert not os.path.exists(os.path.join(workdir, 'eval_metrics.jsonl'))
+
+  # A restart with a longer schedule resumes at the saved step, then evaluates.
+  log = train(repo_root, workdir, shapes_cache, '--mode=train_and_eval',
+              '--config.train.num_steps=40')
+  assert 'Training steps 30..40' in log, log[-3000:]
+  assert sorted(logged(log, 'loss')) == [40]
+  with open(os.path.join(workdir, 'eval_metrics.jsonl')) as f:
+    (metrics,) = [json.loads(line) for line in f]
+  assert metrics['step'] == 40
+  assert metrics['num_images'] == 16
+  for key in COCO_KEYS:
+    assert 0.0 <= metrics[key] <= 1.0 or metrics[key] == -1.0, (key, metrics)
+  assert os.path.getsize(os.path.join(workdir, 'detections.png')) > 1000
+  with open(os.path.join(workdir, 'detections_val.json')) as f:
+    detections = json.load(f)
+  assert detections and {'image_id', 'category_id', 'bbox', 'score'} <= set(detections[0])
+
+  # --mode=eval evaluates the latest checkpoint again: same step, same numbers.
+  train(repo_root, workdir, shapes_cache, '--mode=eval', '--config.train.num_steps=40')
+  with open(os.path.join(workdir, 'eval_metrics.jsonl')) as f:
+    first, again = [json.loads(line) for line in f]
+  assert again == first
+
+
+def test_eval_without_checkpoint_names_the_folder(repo_root, shapes_cache, tmp_path):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  workdir = str(tmp_path / 'empty')
+  proc = subprocess.run(
+      [sys.executable, 'train.py', '--config=configs/retinanet_shapes.py:smoke',
+       f'--workdir={workdir}', f'--config.data.shapes.cache_dir={shapes_cache}',
+       '--mode=eval'], cwd=repo_root, env=env, capture_output=True, text=True,
+      timeout=300)
+  assert proc.returncode != 0
+  assert os.path.join(workdir, 'checkpoints') in proc.stderr

@@ -1,0 +1,56 @@
+"""Train and/or evaluate a jaxdet detector.
+
+  python train.py --config=configs/retinanet_shapes.py --workdir=workdirs/shapes
+  python train.py --config=configs/retinanet_coco.py --workdir=DIR --config.train.batch_size=8
+  python train.py --config=configs/retinanet_shapes.py:smoke --workdir=DIR --mode=eval
+"""
+
+import logging as py_logging
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file('config', None, 'Config file (configs/NAME.py[:VARIANT]).',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Checkpoints, metrics and pictures go here.')
+flags.DEFINE_enum('mode', 'train_and_eval', ['train', 'eval', 'train_and_eval'],
+                  'train: train only; eval: evaluate the latest checkpoint.')
+flags.DEFINE_bool('distributed', False,
+                  'Call jax.distributed.initialize() (multi-host GPU/TPU runs).')
+flags.mark_flags_as_required(['config', 'workdir'])
+FLAGS = flags.FLAGS
+
+
+class _LibraryInfoFilter(py_logging.Filter):
+  """Drops INFO records of libraries that narrate every checkpoint and compilation."""
+  NOISY = ('orbax', 'jax/_src', 'absl/', 'tensorflow')
+
+  def filter(self, record):
+    return record.levelno >= py_logging.WARNING or not any(
+        n in record.pathname for n in self.NOISY)
+
+
+def quiet_library_logs():
+  for handler in py_logging.getLogger().handlers + [logging.get_absl_handler()]:
+    handler.addFilter(_LibraryInfoFilter())
+
+
+def main(argv):
+  del argv
+  import jax
+  import tensorflow as tf
+  # tf.data only: keep TensorFlow off the accelerators JAX uses.
+  tf.config.set_visible_devices([], 'GPU')
+  if FLAGS.distributed:
+    jax.distributed.initialize()
+  logging.set_verbosity(logging.INFO)
+  quiet_library_logs()
+  from jaxdet.training import loop
+  logging.info('JAX devices: %s', jax.devices())
+  loop.run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+
+
+if __name__ == '__main__':
+  app.run(main)
