@@ -22,16 +22,17 @@ def get_config(arg: str | None = None):
 def shapes_retinanet(c):
   """Sizes and schedule for `shapes` (shared by the other *_shapes configs)."""
   c.data.source = 'shapes'
-  c.data.shapes.update(num_train=3000, num_val=300, image_size=160, seed=0)
-  c.data.short_side, c.data.max_size = 160, 160
-  c.data.image_size = (160, 160)
+  c.data.shapes.update(num_train=3000, num_val=300, image_size=128, seed=0)
+  c.data.short_side, c.data.max_size = 128, 128
+  c.data.image_size = (128, 128)
   c.data.max_boxes = 16
   c.model.backbone.update(depth=18, width=32, norm='gn', freeze_at=0)
   c.model.fpn.channels = 64
   c.model.head.update(channels=64, num_convs=4, norm='gn')
   c.model.anchors.octave_base_scale = 2.0
-  c.train.update(batch_size=16, base_batch_size=16, base_lr=0.02, epochs=12.0,
-                 lr_drop_epochs=(8.0, 11.0), warmup_steps=100, log_every=20,
-                 checkpoint_every=200)
+  # AdamW: from scratch and in a few thousand steps it gets much further than SGD.
+  c.train.update(optimizer='adamw', batch_size=8, base_batch_size=8, base_lr=0.002,
+                 weight_decay=1e-4, epochs=6.0, lr_drop_epochs=(4.5, 5.5),
+                 warmup_steps=200, log_every=50, checkpoint_every=500)
   c.eval.update(batch_size=20)
   return c

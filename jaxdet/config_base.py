@@ -93,7 +93,8 @@ def make_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.model.fpn.channels = 32
   c.model.head.update(channels=32, num_convs=2, norm='gn')
   c.model.anchors.octave_base_scale = 2.0
+  # base_batch_size = batch_size: the config's own base_lr is used as is.
   c.train.update(batch_size=4, base_batch_size=4, num_steps=30, warmup_steps=5,
-                 log_every=10, checkpoint_every=15, keep_checkpoints=2, base_lr=0.01)
+                 log_every=10, checkpoint_every=15, keep_checkpoints=2)
   c.eval.update(batch_size=4, num_images=16)
   return c

@@ -44,18 +44,22 @@ def denormalize(image: np.ndarray, mean, std) -> np.ndarray:
 
 
 def detection_grid(batch: dict, detections: dict, class_names, mean, std, *,
-                   score_threshold=0.3, columns=4, max_images=8) -> Image.Image:
+                   score_threshold=0.3, columns=4, max_images=8,
+                   min_side=320) -> Image.Image:
   """A grid of the batch's images (cropped to their content) with detections above
-  `score_threshold`; ground truth in thin white."""
+  `score_threshold`; ground truth in thin white. Images smaller than `min_side` are
+  enlarged (nearest neighbour) so that labels stay readable."""
   tiles = []
   for b in np.flatnonzero(batch['valid'])[:max_images]:
     h, w = np.round(batch['orig_size'][b] * batch['scale'][b]).astype(int)
     image = denormalize(batch['image'][b], mean, std)[:h, :w]
+    zoom = max(1, int(np.ceil(min_side / max(h, w, 1))))
+    image = np.repeat(np.repeat(image, zoom, axis=0), zoom, axis=1)
     keep = detections['valid'][b] & (detections['scores'][b] >= score_threshold)
     tiles.append(draw_detections(
-        np.ascontiguousarray(image), detections['boxes'][b][keep],
+        np.ascontiguousarray(image), detections['boxes'][b][keep] * zoom,
         detections['classes'][b][keep], detections['scores'][b][keep], class_names,
-        gt_boxes=batch['boxes'][b][batch['gt_mask'][b]]))
+        gt_boxes=batch['boxes'][b][batch['gt_mask'][b]] * zoom))
   if not tiles:
     return Image.new('RGB', (64, 64))
   tw = max(t.width for t in tiles)

@@ -4,7 +4,7 @@ Each image has a textured background with thin distractor strokes and 1-6 flat-c
 shapes of 8 classes with random colour, size (about 6-90 % of the side), aspect ratio,
 rotation, overlaps and truncation at the borders. Boxes are the tight bounds of each
 object's *visible* pixels (later objects occlude earlier ones); objects with less than
-40 % of their pixels visible, or a tiny visible extent, are removed from the image
+60 % of their pixels visible, or a tiny visible extent, are removed from the image
 altogether, so that no unannotated fragment remains.
 
 `generate` writes the dataset once as a COCO-format folder and returns its paths; the
@@ -33,7 +33,7 @@ CLASS_NAMES = ('ellipse', 'rectangle', 'triangle', 'ring', 'cross', 'star',
 _VERSION = 2
 _MIN_SIZE, _MAX_SIZE = 0.06, 0.9  # object extent, fraction of the image side
 _MAX_OBJECTS = 6
-_MIN_VISIBLE_FRACTION = 0.4
+_MIN_VISIBLE_FRACTION = 0.6
 _MIN_VISIBLE_EXTENT = 4  # px; a visible part thinner than this is dropped
 _MIN_VISIBLE_PIXELS = 20
 _JPEG_QUALITY = 95
