@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax.linen import dtypes as flax_dtypes
 
+from jaxdet.ops import conv as conv_ops
+
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 
@@ -110,7 +112,8 @@ def conv(features: int, kernel_size: int, stride: int = 1, dilation: int = 1, *,
   """2-D conv, torch-style symmetric padding. [B,H,W,Cin] -> [B,ceil(H/s),ceil(W/s),F].
 
   Explicit padding (k-1)//2*dilation (rather than 'SAME') pads the same way as torch,
-  so pretrained torch weights see the same pixels at stride 2.
+  so pretrained torch weights see the same pixels at stride 2. The convolution is
+  `jaxdet.ops.conv.conv_general_dilated` (fast gradients on CPU, same values).
 
   float32_bias: add the (float32) bias after the conv and return float32. For output
   layers with a large constant bias (the focal-loss prior, -4.6), where a bf16 sum
@@ -122,7 +125,8 @@ def conv(features: int, kernel_size: int, stride: int = 1, dilation: int = 1, *,
       features, (kernel_size, kernel_size), strides=(stride, stride),
       padding=((pad, pad), (pad, pad)), kernel_dilation=(dilation, dilation),
       use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-      kernel_init=kernel_init, bias_init=bias_init, promote_dtype=promote, name=name)
+      kernel_init=kernel_init, bias_init=bias_init, promote_dtype=promote,
+      conv_general_dilated=conv_ops.conv_general_dilated, name=name)
 
 
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
