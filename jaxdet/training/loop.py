@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 import tqdm
 from clu import metric_writers
+from jax.experimental import multihost_utils
 
 from jaxdet import detectors
 from jaxdet import visualize
@@ -41,6 +42,7 @@ class Experiment:
         config.train, self.source.num_examples(TRAIN_SPLIT))
     self.schedule = optimizer_lib.lr_schedule(config.train, steps_per_epoch)
     self.state, self.tx = create_train_state(self.detector, config, self.schedule, self.mesh)
+    self.predict = make_predict(self.detector, self.mesh)
     self.manager = checkpoint.make_manager(workdir, config.train)
     self.state = checkpoint.restore_latest(self.manager, self.state)
     if jax.process_index() == 0:
@@ -124,8 +126,7 @@ class Experiment:
     if config.eval.num_images > 0:
       num_images = min(num_images, config.eval.num_images)
     num_batches = math.ceil(num_images / config.eval.batch_size)
-    predict = make_predict(self.detector, self.mesh)
-    variables = self.state.variables()
+    predict, variables = self.predict, self.state.variables()
     ground_truth = self.source.coco_ground_truth(EVAL_SPLIT)
     metrics, results = evaluator.evaluate(
         lambda batch: predict(variables, batch), self.eval_batches(num_batches),
@@ -137,19 +138,23 @@ class Experiment:
     if jax.process_index() == 0:
       with open(os.path.join(self.workdir, 'detections_val.json'), 'w') as f:
         json.dump(results, f)
-      self.save_picture(predict, variables)
+    self.save_picture()  # every host: the prediction is a sharded computation
     return metrics
 
-  def save_picture(self, predict, variables, path: str | None = None) -> str:
-    """Draws the first eval batch's detections to workdir/detections.png."""
+  def save_picture(self, path: str | None = None) -> str:
+    """Draws process 0's first eval images with their detections to `path`
+    (default workdir/detections.png). Every host must call it."""
     global_batch, local = next(self.eval_batches(1))
-    dets = jax.tree.map(np.asarray, jax.device_get(predict(variables, global_batch)))
-    dets = {k: v[:len(local['image'])] for k, v in dets.items()}
-    grid = visualize.detection_grid(local, dets, self.class_names,
-                                    self.config.data.mean, self.config.data.std)
+    dets = multihost_utils.process_allgather(
+        self.predict(self.state.variables(), global_batch), tiled=True)
     path = path or os.path.join(self.workdir, 'detections.png')
-    grid.save(path)
-    logging.info('Wrote %s', path)
+    if jax.process_index() == 0:
+      # Process 0's rows come first in the gathered global batch.
+      dets = {k: np.asarray(v)[:len(local['image'])] for k, v in dets.items()}
+      grid = visualize.detection_grid(local, dets, self.class_names,
+                                      self.config.data.mean, self.config.data.std)
+      grid.save(path)
+      logging.info('Wrote %s', path)
     return path
 
 
