@@ -18,7 +18,12 @@ flags.DEFINE_string('workdir', None, 'Checkpoints, metrics and pictures go here.
 flags.DEFINE_enum('mode', 'train_and_eval', ['train', 'eval', 'train_and_eval'],
                   'train: train only; eval: evaluate the latest checkpoint.')
 flags.DEFINE_bool('distributed', False,
-                  'Call jax.distributed.initialize() (multi-host GPU/TPU runs).')
+                  'Call jax.distributed.initialize() (multi-host GPU/TPU runs). On TPU '
+                  'pods and SLURM/Kubernetes clusters JAX finds the cluster itself; '
+                  'elsewhere give the three flags below.')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (--distributed).')
+flags.DEFINE_integer('num_processes', None, 'Number of processes (--distributed).')
+flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1 (--distributed).')
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
 
@@ -44,7 +49,10 @@ def main(argv):
   # tf.data only: keep TensorFlow off the accelerators JAX uses.
   tf.config.set_visible_devices([], 'GPU')
   if FLAGS.distributed:
-    jax.distributed.initialize()
+    # CPU processes reduce over gloo; accelerators use their own collectives.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                               FLAGS.process_id)
   logging.set_verbosity(logging.INFO)
   quiet_library_logs()
   from jaxdet.training import loop
