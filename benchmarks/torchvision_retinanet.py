@@ -1,12 +1,14 @@
-"""Times torchvision's RetinaNet R50-FPN on CPU, as a reference for jaxdet's step time.
+"""Times torchvision's RetinaNet R50-FPN, as a reference for jaxdet's step time.
 
 Not part of jaxdet and not a dependency: run it with a separate torch environment,
   /work/torchenv/bin/python benchmarks/torchvision_retinanet.py [--size 512] [--inference]
 It prints one JSON line: {"framework": "torchvision", "images_per_s": ..., "step_s": ...}.
 
 Train mode times the whole step: forward with targets -> loss -> backward -> SGD step.
-Images are fixed-size squares with min_size = max_size = size, so the transform keeps
-their size (it still normalizes and batches them, as in real training).
+Images are height x size (height defaults to size), with the transform's min_size and
+max_size set so that it keeps their size (it still normalizes and batches them, as in
+real training). On a GPU (--device cuda) --bf16 runs the step under bfloat16 autocast,
+torch's mixed precision, the counterpart of jaxdet's model.dtype=bfloat16.
 
 --match_jaxdet builds the network jaxdet's default config describes instead of the
 torchvision builder's untrained default (trainable BatchNorm, whole backbone trained,
@@ -28,7 +30,9 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 def build_model(args):
   """torchvision RetinaNet R50-FPN, untrained."""
-  common = dict(num_classes=args.num_classes, min_size=args.size, max_size=args.size)
+  height = args.height or args.size
+  common = dict(num_classes=args.num_classes, min_size=min(height, args.size),
+                max_size=max(height, args.size))
   if not args.match_jaxdet:
     return tv_retinanet.retinanet_resnet50_fpn(
         weights=None, weights_backbone=None, **common)
@@ -40,21 +44,26 @@ def build_model(args):
 
 
 def make_batch(args, generator):
-  """`batch` random images [3,S,S] in [0,1] and targets with a few random boxes each."""
+  """`batch` random images [3,H,W] in [0,1] and targets with a few random boxes each."""
+  height = args.height or args.size
+  hw = torch.tensor([args.size, height], dtype=torch.float32)
   images, targets = [], []
   for _ in range(args.batch):
-    images.append(torch.rand(3, args.size, args.size, generator=generator))
-    xy = torch.rand(args.boxes, 2, generator=generator) * args.size * 0.7
-    wh = (torch.rand(args.boxes, 2, generator=generator) * 0.25 + 0.05) * args.size
-    boxes = torch.cat([xy, (xy + wh).clamp(max=args.size)], dim=1)
+    images.append(torch.rand(3, height, args.size, generator=generator).to(args.device))
+    xy = torch.rand(args.boxes, 2, generator=generator) * hw * 0.7
+    wh = (torch.rand(args.boxes, 2, generator=generator) * 0.25 + 0.05) * hw
+    boxes = torch.cat([xy, torch.minimum(xy + wh, hw)], dim=1)
     labels = torch.randint(1, args.num_classes, (args.boxes,), generator=generator)
-    targets.append(dict(boxes=boxes, labels=labels))
+    targets.append(dict(boxes=boxes.to(args.device), labels=labels.to(args.device)))
   return images, targets
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--size', type=int, default=512)
+  parser.add_argument('--size', type=int, default=512, help='image width (px)')
+  parser.add_argument('--height', type=int, default=0, help='image height; 0: --size')
+  parser.add_argument('--device', default='cpu', help='cpu | cuda')
+  parser.add_argument('--bf16', action='store_true', help='bfloat16 autocast (GPU)')
   parser.add_argument('--batch', type=int, default=2)
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--steps', type=int, default=5)
@@ -67,26 +76,32 @@ def main():
 
   torch.set_num_threads(args.threads)
   torch.manual_seed(0)
-  model = build_model(args)
+  model = build_model(args).to(args.device)
   images, targets = make_batch(args, torch.Generator().manual_seed(0))
+
+  autocast = torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.bf16)
+  sync = torch.cuda.synchronize if args.device.startswith('cuda') else (lambda: None)
 
   if args.inference:
     model.eval()
 
     def step():
-      with torch.inference_mode():
+      with torch.inference_mode(), autocast:
         model(images)
+      sync()
   else:
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
 
     def step():
-      losses = model(images, targets)
-      loss = sum(losses.values())
+      with autocast:
+        losses = model(images, targets)
+        loss = sum(losses.values())
       optimizer.zero_grad(set_to_none=True)
       loss.backward()
       optimizer.step()
+      sync()
 
   for _ in range(args.warmup):
     step()
@@ -99,7 +114,8 @@ def main():
   step_s = statistics.mean(times)
   print(json.dumps(dict(
       framework='torchvision', mode='inference' if args.inference else 'train',
-      match_jaxdet=args.match_jaxdet, size=args.size, batch=args.batch,
+      match_jaxdet=args.match_jaxdet, size=args.size, height=args.height or args.size,
+      batch=args.batch, device=args.device, bf16=args.bf16,
       threads=args.threads, steps=args.steps,
       images_per_s=round(args.batch / step_s, 4), step_s=round(step_s, 4),
       step_s_min=round(min(times), 4), step_s_median=round(statistics.median(times), 4),

@@ -56,11 +56,16 @@ def test_unsupported_settings_fall_back_to_lax():
   np.testing.assert_array_equal(out, ref)
 
 
-def test_bfloat16_inputs_give_bfloat16_gradients():
+@pytest.mark.parametrize('kernel', [3, 1])
+def test_bfloat16_inputs_give_bfloat16_gradients(kernel):
+  # Both paths (per-tap 3x3, pointwise 1x1) pick the CPU or default weight gradient with
+  # lax.platform_dependent, which traces both: their dtypes must agree under bf16.
   x = jnp.ones((1, 5, 5, 2), jnp.bfloat16)
-  w = jnp.ones((3, 3, 2, 2), jnp.bfloat16)
-  dw = jax.grad(lambda w: _ours(x, w, 1, 1, 1).astype(jnp.float32).sum())(w)
+  w = jnp.ones((kernel, kernel, 2, 2), jnp.bfloat16)
+  pad = kernel // 2
+  dw = jax.jit(jax.grad(lambda w: _ours(x, w, 1, pad, 1).astype(jnp.float32).sum()))(w)
   assert dw.dtype == jnp.bfloat16
   # dW[ky, kx] sums the in-image pixels tap (ky, kx) sees: 5x5 at the centre, 4x4 at a corner.
-  np.testing.assert_allclose(np.asarray(dw[1, 1, 0, 0], np.float32), 25.0)
-  np.testing.assert_allclose(np.asarray(dw[0, 0, 0, 0], np.float32), 16.0)
+  np.testing.assert_allclose(np.asarray(dw[pad, pad, 0, 0], np.float32), 25.0)
+  if kernel == 3:
+    np.testing.assert_allclose(np.asarray(dw[0, 0, 0, 0], np.float32), 16.0)

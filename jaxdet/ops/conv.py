@@ -118,10 +118,13 @@ def _pointwise_bwd(strides, residuals, g):
   x, w = residuals
   _, input_vjp = jax.vjp(lambda x_: _pointwise_forward(x_, w, strides), x)
   (dx,) = input_vjp(g)
+  # Both branches return w's dtype: lax.platform_dependent needs equal output types
+  # (the CPU matmul accumulates in float32; bf16 models would otherwise fail to trace).
   dw = lax.platform_dependent(
-      x, g, cpu=lambda x, g: _pointwise_weight_grad_cpu(x, g, strides),
-      default=lambda x, g: jnp.einsum('bhwc,bhwd->cd', _subsample(x, strides), g))
-  return dx, dw.reshape(w.shape).astype(w.dtype)
+      x, g, cpu=lambda x, g: _pointwise_weight_grad_cpu(x, g, strides).astype(w.dtype),
+      default=lambda x, g: jnp.einsum('bhwc,bhwd->cd', _subsample(x, strides), g,
+                                      preferred_element_type=jnp.float32).astype(w.dtype))
+  return dx, dw.reshape(w.shape)
 
 
 def _subsample(x, strides):
