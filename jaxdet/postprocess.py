@@ -46,13 +46,21 @@ def _level_candidates(scores, boxes, top_k):
   Returns:
     boxes [k, 4], scores [k], classes [k] int32 with k = min(top_k, A_l * C).
   """
-  num_classes = scores.shape[-1]
+  num_anchors, num_classes = scores.shape
   k = min(top_k, scores.size)
-  top_scores, flat = jax.lax.top_k(scores.reshape(-1), k)
+  # Exact two-step top-k: a pair among the k best has fewer than k anchors whose best
+  # class scores higher than it, so its anchor is among the k anchors with the highest
+  # max score. Sorting A_l maxima and then k * C pairs instead of all A_l * C pairs
+  # (12M on P3 at 1333x800 with 80 classes) is what makes GPU inference fast.
+  anchors = jnp.arange(num_anchors)
+  if num_anchors > k:
+    _, anchors = jax.lax.top_k(scores.max(axis=-1), k)
+  top_scores, flat = jax.lax.top_k(scores[anchors].reshape(-1), k)
+  anchor = anchors[flat // num_classes]
   classes = (flat % num_classes).astype(jnp.int32)
   if boxes.ndim == 3:
-    return boxes[flat // num_classes, classes], top_scores, classes
-  return boxes[flat // num_classes], top_scores, classes
+    return boxes[anchor, classes], top_scores, classes
+  return boxes[anchor], top_scores, classes
 
 
 def nms_kwargs(eval_config: ml_collections.ConfigDict) -> dict:
