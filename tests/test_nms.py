@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxdet.ops import nms as N
 
@@ -179,3 +180,33 @@ def test_large_n():
   boxes, scores = random_case(rng, 10000, spread=800.0)
   idx, mask = jit_nms(boxes, scores, np.float32(0.5), 100, np.ones(10000, bool))
   check_against_ref(idx, mask, ref_nms(boxes, scores, 0.5, 100))
+
+
+@pytest.mark.parametrize('tile', [1, 7, 16])
+def test_tiles_match_reference(monkeypatch, tile):
+  # Small tiles (7 does not divide N) so that suppression across tiles, the padding of
+  # the last tile and the stop at max_output are all exercised; fresh traces per tile.
+  monkeypatch.setattr(N, 'TILE', tile)
+  rng = np.random.default_rng(2000 + tile)
+  cases = [random_case(rng, 50, spread=50.0) for _ in range(6)]
+  boxes = np.stack([c[0] for c in cases])
+  scores = np.stack([c[1] for c in cases])
+  scores[:, :6] = scores[:, 6:7]  # ties go to the lower index
+  scores[rng.uniform(size=scores.shape) < 0.05] = -np.inf
+  valid = rng.uniform(size=scores.shape) > 0.1
+  classes = rng.integers(0, 3, scores.shape)
+  thr = np.float32([0.3, 0.5, 0.7] * 2)
+  max_out = 32
+  idx, mask = jax.jit(jax.vmap(lambda b, s, t, v: N.nms(b, s, t, max_out, valid=v)))(
+      boxes, scores, thr, valid)
+  cidx, cmask = jax.jit(jax.vmap(
+      lambda b, s, c, t, v: N.batched_nms(b, s, c, t, max_out, valid=v)))(
+          boxes, scores, classes, thr, valid)
+  truncated = 0
+  for i in range(6):
+    ref = ref_nms(boxes[i], scores[i], thr[i], max_out, valid[i])
+    check_against_ref(idx[i], mask[i], ref)
+    truncated += len(ref_nms(boxes[i], scores[i], thr[i], 50, valid[i])) > max_out
+    check_against_ref(cidx[i], cmask[i],
+                      ref_nms(boxes[i], scores[i], thr[i], max_out, valid[i], classes[i]))
+  assert 0 < truncated < 6  # some cases stop at max_output, some run out of boxes
