@@ -28,7 +28,8 @@ def _as_result(ann, score=0.9, shift=0.0):
 def test_perfect_detections_score_one():
   gt = _ground_truth()
   m = coco_lib.coco_metrics(gt, [_as_result(a) for a in gt['annotations']])
-  for name in ('AP', 'AP50', 'AP75', 'AP60', 'AP70', 'AP80', 'AP90'):
+  assert set(m) == set(coco_lib.METRIC_NAMES)
+  for name in ('AP', *coco_lib.SINGLE_IOU_NAMES):
     assert m[name] == pytest.approx(1.0), name
 
 
@@ -43,12 +44,15 @@ def test_shifted_box_fails_high_iou_thresholds_only():
   # IoU of a 30x20 box shifted by 4 px in x: 26*20 / (2*600 - 520) = 0.765.
   dets.append(_as_result(gt['annotations'][0], score=0.5, shift=4.0))
   m = coco_lib.coco_metrics(gt, dets)
-  assert m['AP50'] == pytest.approx(1.0)
-  assert m['AP70'] == pytest.approx(1.0)
+  for name in ('AP50', 'AP55', 'AP60', 'AP65', 'AP70', 'AP75'):
+    assert m[name] == pytest.approx(1.0), name
   # Category 3 finds one of its two objects at 0.8 and 0.9, with precision 1: on
   # COCO's 101 recall points that is 51/101; category 7 keeps AP 1.
   assert m['AP80'] == pytest.approx((51 / 101 + 1.0) / 2)
-  assert m['AP90'] == pytest.approx(m['AP80'])
+  for name in ('AP85', 'AP90', 'AP95'):
+    assert m[name] == pytest.approx(m['AP80']), name
+  # AP is the mean over the ten thresholds: 6 at 1, 4 at (51/101 + 1) / 2.
+  assert m['AP'] == pytest.approx((6 + 4 * m['AP80']) / 10)
 
 
 def test_to_coco_results_maps_back_to_original_pixels():

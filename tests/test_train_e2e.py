@@ -12,7 +12,8 @@ from tests import cli
 
 pytestmark = pytest.mark.slow
 
-COCO_KEYS = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AP60', 'AP70', 'AP80', 'AP90')
+COCO_KEYS = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AP55', 'AP60', 'AP65', 'AP70', 'AP80',
+             'AP85', 'AP90', 'AP95')
 
 
 def train(repo, workdir, cache, *flags):

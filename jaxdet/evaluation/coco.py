@@ -1,4 +1,4 @@
-"""COCO box AP with pycocotools, plus AP at single IoU thresholds 0.6-0.9."""
+"""COCO box AP with pycocotools, plus AP at each single IoU threshold 0.5-0.95."""
 
 import contextlib
 import io
@@ -8,7 +8,13 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-METRIC_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AP60', 'AP70', 'AP80', 'AP90')
+# COCO's ten IoU thresholds; AP at each one is reported as AP50 ... AP95.
+IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+SINGLE_IOU_NAMES = tuple(f'AP{round(t * 100)}' for t in IOU_THRESHOLDS)
+# The summary's six first (AP50 and AP75 are also single-threshold APs), then the rest of
+# the single thresholds: AP60-AP90 in their historical order, then AP55, AP65, AP85, AP95.
+METRIC_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AP60', 'AP70', 'AP80', 'AP90',
+                'AP55', 'AP65', 'AP85', 'AP95')
 
 
 def coco_api(ground_truth: dict) -> COCO:
@@ -56,6 +62,6 @@ def coco_metrics(ground_truth: dict, detections: list[dict], image_ids=None) -> 
   logging.info('COCO evaluation:\n%s', summary.getvalue())
   stats = coco_eval.stats
   metrics = dict(zip(METRIC_NAMES[:6], (float(s) for s in stats[:6])))
-  for iou in (0.6, 0.7, 0.8, 0.9):
-    metrics[f'AP{int(iou * 100)}'] = _ap_at_iou(coco_eval, iou)
+  for iou, name in zip(IOU_THRESHOLDS, SINGLE_IOU_NAMES):
+    metrics.setdefault(name, _ap_at_iou(coco_eval, iou))
   return metrics
