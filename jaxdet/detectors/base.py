@@ -9,6 +9,7 @@ dense one also defines `assign`, `loss_from_assignment` and its decoding.
 import jax
 import jax.numpy as jnp
 
+from jaxdet.models import pretrained
 from jaxdet.models import resnet
 
 
@@ -19,9 +20,15 @@ class Detector:
   SCORES = ('classification',)
 
   def init(self, rng: jax.Array) -> dict:
-    """Variables ({'params', 'batch_stats'?}) for one [1, H, W, 3] image."""
+    """Variables ({'params', 'batch_stats'?}) for one [1, H, W, 3] image.
+
+    With `config.model.backbone.pretrained` set, the backbone's are that file's
+    (`jaxdet.models.pretrained`; a clear error if they do not fit the config), the
+    rest random. Under `jit` the file's arrays become constants of the program.
+    """
     images = jnp.zeros((1, *self.image_size, 3), jnp.float32)
-    return self.module.init(rng, images, train=False)
+    variables = self.module.init(rng, images, train=False)
+    return pretrained.load_into(variables, self.config.model.backbone)
 
   def check_score(self, score: str) -> None:
     if score not in self.SCORES:
