@@ -18,6 +18,7 @@ from jaxdet import config_base
 from jaxdet import detectors
 from jaxdet.models import pretrained
 from jaxdet.models import resnet
+from jaxdet.training import optimizer, sharding, step as step_lib
 
 SIZE = 64  # input side for feature comparisons: C5 is 2x2
 
@@ -380,9 +381,11 @@ def test_every_config_has_style_and_pretrained():
 
 def test_detector_init_loads_the_backbone(r18_npz):
   path, sd = r18_npz
-  detector = detectors.build_detector(smoke_config(path), 6)
-  # As training's create_train_state: jit, rbg key (a fraction of the compile time).
-  variables = jax.jit(detector.init)(jax.random.key(0, impl='rbg'))
+  config = smoke_config(path)
+  detector = detectors.build_detector(config, 6)
+  state, _ = step_lib.create_train_state(detector, config, optimizer.lr_schedule(
+      config.train, 10), sharding.make_mesh())  # what training starts from
+  variables = state.variables()
   params, stats = variables['params']['backbone'], variables['batch_stats']['backbone']
   np.testing.assert_array_equal(params['stage3']['block1']['conv2']['kernel'],
                                 sd['layer3.1.conv2.weight'].transpose(2, 3, 1, 0))
@@ -402,10 +405,11 @@ def test_detector_init_width_mismatch_fails(r18_npz):
   detector = detectors.build_detector(config, 6)
   with pytest.raises(ValueError, match=r'r18_w16\.npz: \S+ has shape \(.*\) in the '
                      r'file, \(.*\) in config\.model\.backbone \(depth=18, width=8\)'):
-    jax.eval_shape(detector.init, jax.random.key(0))
+    detector.with_pretrained(jax.eval_shape(detector.init, jax.random.key(0)))
   config.model.backbone.update(width=16, norm='gn')
   with pytest.raises(ValueError, match=r"config\.model\.backbone\.norm in .*'gn'"):
-    jax.eval_shape(detectors.build_detector(config, 6).init, jax.random.key(0))
+    detector = detectors.build_detector(config, 6)
+    detector.with_pretrained(jax.eval_shape(detector.init, jax.random.key(0)))
 
 
 def test_obc_coco_takes_a_torchvision_resnet50_by_one_override(tmp_path):
@@ -420,7 +424,8 @@ def test_obc_coco_takes_a_torchvision_resnet50_by_one_override(tmp_path):
   np.savez(path, **torchvision_state_dict(50, zero_convs=True))
   config.model.backbone.pretrained = str(path)
   config.data.image_size = (64, 64)  # any size: only the variables' shapes matter here
-  shapes = jax.eval_shape(detectors.build_detector(config, 80).init, jax.random.key(0))
+  detector = detectors.build_detector(config, 80)
+  shapes = detector.with_pretrained(jax.eval_shape(detector.init, jax.random.key(0)))
   assert shapes['batch_stats']['backbone']['stage4']['block2']['norm3']['var'].shape == (
       2048,)
 

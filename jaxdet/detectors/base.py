@@ -20,14 +20,15 @@ class Detector:
   SCORES = ('classification',)
 
   def init(self, rng: jax.Array) -> dict:
-    """Variables ({'params', 'batch_stats'?}) for one [1, H, W, 3] image.
-
-    With `config.model.backbone.pretrained` set, the backbone's are that file's
-    (`jaxdet.models.pretrained`; a clear error if they do not fit the config), the
-    rest random. Under `jit` the file's arrays become constants of the program.
-    """
+    """Random variables ({'params', 'batch_stats'?}) for one [1, H, W, 3] image."""
     images = jnp.zeros((1, *self.image_size, 3), jnp.float32)
-    variables = self.module.init(rng, images, train=False)
+    return self.module.init(rng, images, train=False)
+
+  def with_pretrained(self, variables: dict) -> dict:
+    """`variables` with the backbone of `config.model.backbone.pretrained` (unchanged
+    when it is ''); a clear error if the file does not fit the config
+    (`jaxdet.models.pretrained`). Host side, outside `jit`: the file's arrays would
+    otherwise become constants of the compiled init (100 MB for a ResNet-50)."""
     return pretrained.load_into(variables, self.config.model.backbone)
 
   def check_score(self, score: str) -> None:
