@@ -45,7 +45,12 @@ def retinanet_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.data = data_config()
   c.model = ml_collections.ConfigDict(dict(
-      backbone=dict(depth=50, width=64, norm='frozen_bn', freeze_at=1),
+      # style: pytorch (stride in the bottleneck's 3x3 conv, torchvision) | caffe (in
+      # its first 1x1 conv, Keras ResNet50 / MSRA). pretrained: '' (random init) or a
+      # torchvision .pth / .npz or Keras .h5 file of ImageNet weights, loaded by
+      # Detector.init (docs/pretrained.md).
+      backbone=dict(depth=50, width=64, norm='frozen_bn', freeze_at=1, style='pytorch',
+                    pretrained=''),
       # extra_from: P6 from C5 ('input', RetinaNet) or from P5 ('output', FCOS).
       fpn=dict(channels=256, min_level=3, max_level=7, extra_from='input'),
       # iou_branch: the IoU-prediction conv of the IoU-aware detector (iou_aware_config).

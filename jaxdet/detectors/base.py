@@ -9,6 +9,7 @@ dense one also defines `assign`, `loss_from_assignment` and its decoding.
 import jax
 import jax.numpy as jnp
 
+from jaxdet.models import pretrained
 from jaxdet.models import resnet
 
 
@@ -19,9 +20,16 @@ class Detector:
   SCORES = ('classification',)
 
   def init(self, rng: jax.Array) -> dict:
-    """Variables ({'params', 'batch_stats'?}) for one [1, H, W, 3] image."""
+    """Random variables ({'params', 'batch_stats'?}) for one [1, H, W, 3] image."""
     images = jnp.zeros((1, *self.image_size, 3), jnp.float32)
     return self.module.init(rng, images, train=False)
+
+  def with_pretrained(self, variables: dict) -> dict:
+    """`variables` with the backbone of `config.model.backbone.pretrained` (unchanged
+    when it is ''); a clear error if the file does not fit the config
+    (`jaxdet.models.pretrained`). Host side, outside `jit`: the file's arrays would
+    otherwise become constants of the compiled init (100 MB for a ResNet-50)."""
+    return pretrained.load_into(variables, self.config.model.backbone)
 
   def check_score(self, score: str) -> None:
     if score not in self.SCORES:

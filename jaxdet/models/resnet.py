@@ -1,4 +1,10 @@
-"""ResNet backbones (He et al. 2016), torch "pytorch" style: stride in the 3x3 conv.
+"""ResNet backbones (He et al. 2016).
+
+Two styles of the bottleneck block (ResNet-50/101/152), as mmdetection's `style`:
+'pytorch' (torchvision, the default) puts the stride in the 3x3 conv, 'caffe' (the
+original MSRA model, Keras `ResNet50`) in the first 1x1 conv. Both have the same
+parameters; pretrained weights only give their ImageNet accuracy in the style they were
+trained in (`jaxdet.models.pretrained` checks it). Basic blocks have one style.
 
 Submodule names are a contract with pretrained-weight loaders and `trainable_mask`:
 'stem' (conv, norm), 'stage1'..'stage4', each holding 'block0', 'block1', ... with
@@ -16,6 +22,7 @@ from jaxdet.models import layers
 Dtype = Any
 
 STAGE_NAMES = ('stage1', 'stage2', 'stage3', 'stage4')
+STYLES = ('pytorch', 'caffe')
 
 
 class BasicBlock(nn.Module):
@@ -24,6 +31,7 @@ class BasicBlock(nn.Module):
   stride: int = 1
   norm: str = 'frozen_bn'
   dtype: Dtype = jnp.float32
+  style: str = 'pytorch'  # unused: one style of basic block (a Stage passes it)
   expansion = 1
 
   @nn.compact
@@ -38,7 +46,8 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-  """1x1, 3x3 (strided), 1x1 to 4*channels (ResNet-50/101/152).
+  """1x1, 3x3, 1x1 to 4*channels (ResNet-50/101/152); the stride in the 3x3 conv
+  (style 'pytorch') or in the first 1x1 conv (style 'caffe').
 
   [B,H,W,Cin] -> [B,H/s,W/s,4*channels].
   """
@@ -46,6 +55,7 @@ class Bottleneck(nn.Module):
   stride: int = 1
   norm: str = 'frozen_bn'
   dtype: Dtype = jnp.float32
+  style: str = 'pytorch'
   expansion = 4
 
   @nn.compact
@@ -53,9 +63,12 @@ class Bottleneck(nn.Module):
     conv = lambda f, k, s, name: layers.conv(
         f, k, s, use_bias=self.norm == 'none', dtype=self.dtype, name=name)
     norm = lambda name: layers.norm_layer(self.norm, self.dtype, name)
+    if self.style not in STYLES:
+      raise ValueError(f'ResNet style must be one of {STYLES}, got {self.style!r}')
     out = self.channels * self.expansion
-    y = nn.relu(norm('norm1')(conv(self.channels, 1, 1, 'conv1')(x)))
-    y = nn.relu(norm('norm2')(conv(self.channels, 3, self.stride, 'conv2')(y)))
+    s1, s3 = (self.stride, 1) if self.style == 'caffe' else (1, self.stride)
+    y = nn.relu(norm('norm1')(conv(self.channels, 1, s1, 'conv1')(x)))
+    y = nn.relu(norm('norm2')(conv(self.channels, 3, s3, 'conv2')(y)))
     y = norm('norm3')(conv(out, 1, 1, 'conv3')(y))
     shortcut = _shortcut(x, out, self.stride, conv, norm)
     return nn.relu(y + shortcut)
@@ -100,12 +113,13 @@ class Stage(nn.Module):
   stride: int
   norm: str = 'frozen_bn'
   dtype: Dtype = jnp.float32
+  style: str = 'pytorch'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     for j in range(self.count):
       x = self.block(self.channels, self.stride if j == 0 else 1, self.norm, self.dtype,
-                     name=f'block{j}')(x)
+                     self.style, name=f'block{j}')(x)
     return x
 
 
@@ -120,6 +134,8 @@ class ResNet(nn.Module):
     freeze_at: mmdetection's frozen_stages: 0 freezes nothing, k >= 1 freezes the stem
       and stages 1..k (gradients are stopped after stage k).
     dtype: compute dtype; parameters stay float32.
+    style: 'pytorch' (stride in the bottleneck's 3x3 conv) | 'caffe' (in its first
+      1x1 conv); see the module docstring.
 
   Maps images [B,H,W,3] to {'C2','C3','C4','C5'}, 'Cl' of shape
   [B, ceil(H/2**l), ceil(W/2**l), channels].
@@ -129,6 +145,7 @@ class ResNet(nn.Module):
   norm: str = 'frozen_bn'
   freeze_at: int = 1
   dtype: Dtype = jnp.float32
+  style: str = 'pytorch'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
@@ -136,12 +153,14 @@ class ResNet(nn.Module):
       raise ValueError(f'ResNet depth must be one of {sorted(SPECS)}, got {self.depth}')
     if not 0 <= self.freeze_at <= len(STAGE_NAMES):
       raise ValueError(f'freeze_at must be in [0, 4], got {self.freeze_at}')
+    if self.style not in STYLES:
+      raise ValueError(f'ResNet style must be one of {STYLES}, got {self.style!r}')
     block, counts = SPECS[self.depth]
     x = Stem(self.width, self.norm, self.dtype, name='stem')(x.astype(self.dtype))
     features = {}
     for i, (stage, count) in enumerate(zip(STAGE_NAMES, counts)):
       x = Stage(block, count, self.width * 2**i, stride=1 if i == 0 else 2,
-                norm=self.norm, dtype=self.dtype, name=stage)(x)
+                norm=self.norm, dtype=self.dtype, style=self.style, name=stage)(x)
       if i + 1 == self.freeze_at:
         # Nothing below needs a backward pass: cut it off here.
         x = jax.lax.stop_gradient(x)

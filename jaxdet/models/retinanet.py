@@ -66,7 +66,8 @@ def backbone_pyramid(cfg: ml_collections.ConfigDict, images: jax.Array,
   """
   features = resnet.ResNet(
       depth=cfg.backbone.depth, width=cfg.backbone.width, norm=cfg.backbone.norm,
-      freeze_at=cfg.backbone.freeze_at, dtype=dtype, name='backbone')(images)
+      freeze_at=cfg.backbone.freeze_at, style=cfg.backbone.style, dtype=dtype,
+      name='backbone')(images)
   return fpn_lib.FPN(
       channels=cfg.fpn.channels, min_level=cfg.fpn.min_level,
       max_level=cfg.fpn.max_level, extra_from=cfg.fpn.extra_from, dtype=dtype,

@@ -18,6 +18,8 @@ def create_train_state(detector, config, schedule, mesh):
   # threefry over every parameter (6 vs 20-30 s on a CPU).
   rng = jax.random.key(config.seed, impl='rbg')
   variables = jax.jit(detector.init, out_shardings=repl)(rng)
+  if config.model.backbone.get('pretrained'):
+    variables = jax.device_put(detector.with_pretrained(variables), repl)
   params = variables['params']
   constants = {k: v for k, v in variables.items() if k != 'params'}
   tx = optimizer_lib.make_optimizer(config.train, schedule, detector.trainable_mask(params))
