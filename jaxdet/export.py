@@ -1,6 +1,7 @@
 """Export a trained detector's whole inference function, weights included.
 
-  python -m jaxdet.export --config=configs/retinanet_shapes.py --workdir=DIR --out=DIR/export
+  python -m jaxdet.export --config=configs/retinanet_shapes.py --workdir=DIR \\
+      [--out=DIR/export] [--batch_size=N] [--platforms=cpu,cuda]
 
 restores the latest checkpoint of DIR (as `train.py --mode=eval`) and writes to --out:
 

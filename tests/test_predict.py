@@ -97,3 +97,14 @@ def test_commands_name_what_is_missing(repo_root, shapes_cache, tmp_path):
                 f'--out={tmp_path}/out')
   with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / 'checkpoints'))):
     run_command(export_lib, *common)
+
+
+def test_pictures_put_the_best_label_on_top():
+  from jaxdet import visualize
+  image = np.zeros((60, 80, 3), np.uint8)
+  box = [10.0, 30.0, 70.0, 55.0]  # both labels land on the same pixels
+  picture = np.asarray(visualize.draw_detections(
+      image, np.array([box, box]), np.array([0, 1]), np.array([0.9, 0.4]), ['a', 'b']))
+  colors = visualize._palette(2)
+  label = picture[20, 10]  # the label's fill, above the box
+  assert tuple(label) == colors[0]

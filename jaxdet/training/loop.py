@@ -190,27 +190,29 @@ class Restored:
 
 def restore_for_inference(config: ml_collections.ConfigDict, workdir: str,
                           what: str) -> Restored:
-  """The latest checkpoint of `workdir` (the train loop's state and checkpoint manager),
-  for tools that only predict; `what` names the tool in the error when there is none.
+  """The variables of `workdir`'s latest checkpoint (the train loop's state structure
+  and checkpoint manager), for tools that only predict; `what` names the tool in the
+  error when there is no checkpoint.
 
-  Unlike `Experiment` it reads no training split (only the source's class names) and
-  initializes nothing: the state it restores into is abstract.
+  Unlike `Experiment` it reads no training split (only the source's class names), no
+  optimizer state (`checkpoint.restore_latest_variables`) and initializes nothing: the
+  state it restores into is abstract.
   """
   require_checkpoint(config, workdir, what)
   source = sources.build_source(config.data)
   class_names = tuple(source.class_names)
   detector = detectors.build_detector(config, config.data.num_classes or len(class_names))
   # The restore needs the train state's structure (shapes, dtypes, shardings) only:
-  # traced, not computed. The optimizer state's structure does not depend on the
-  # schedule's length; one step per epoch spares counting the training split.
+  # traced, not computed. (The schedule's length changes nothing in it; one step per
+  # epoch spares counting the training split.)
   schedule = optimizer_lib.lr_schedule(config.train, steps_per_epoch=1)
   mesh = sharding.make_mesh()
   abstract = jax.eval_shape(lambda: create_train_state(detector, config, schedule, mesh)[0])
   repl = sharding.replicated(mesh)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
                           abstract)
-  state = checkpoint.restore_latest(checkpoint.make_manager(workdir, config.train),
-                                    abstract)
+  state = checkpoint.restore_latest_variables(
+      checkpoint.make_manager(workdir, config.train), abstract)
   return Restored(detector=detector, variables=state.variables(),
                   step=int(jax.device_get(state.step)), class_names=class_names,
                   category_ids=tuple(int(i) for i in source.category_ids))
