@@ -5,12 +5,12 @@
   python train.py --config=configs/retinanet_shapes.py:smoke --workdir=DIR --mode=eval
 """
 
-import logging as py_logging
-
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from jaxdet import cli
 
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/NAME.py[:VARIANT]).',
                                 lock_config=True)
@@ -28,33 +28,16 @@ flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
 
 
-class _LibraryInfoFilter(py_logging.Filter):
-  """Drops INFO records of libraries that narrate every checkpoint and compilation."""
-  NOISY = ('orbax', 'jax/_src', 'absl/', 'tensorflow')
-
-  def filter(self, record):
-    return record.levelno >= py_logging.WARNING or not any(
-        n in record.pathname for n in self.NOISY)
-
-
-def quiet_library_logs():
-  for handler in py_logging.getLogger().handlers + [logging.get_absl_handler()]:
-    handler.addFilter(_LibraryInfoFilter())
-
-
 def main(argv):
   del argv
   import jax
-  import tensorflow as tf
-  # tf.data only: keep TensorFlow off the accelerators JAX uses.
-  tf.config.set_visible_devices([], 'GPU')
+  cli.hide_accelerators_from_tensorflow()
   if FLAGS.distributed:
     # CPU processes reduce over gloo; accelerators use their own collectives.
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                FLAGS.process_id)
-  logging.set_verbosity(logging.INFO)
-  quiet_library_logs()
+  cli.setup_logging()
   from jaxdet.training import loop
   logging.info('JAX devices: %s', jax.devices())
   loop.run(FLAGS.config, FLAGS.workdir, FLAGS.mode)

@@ -8,6 +8,7 @@ import ml_collections
 
 from jaxdet.ops import nms as nms_lib
 from jaxdet.ops import nms_variants
+from jaxdet.ops import topk
 
 NMS_METHODS = ('standard', 'soft', 'cl_balanced')
 
@@ -54,8 +55,8 @@ def _level_candidates(scores, boxes, top_k):
   # (12M on P3 at 1333x800 with 80 classes) is what makes GPU inference fast.
   anchors = jnp.arange(num_anchors)
   if num_anchors > k:
-    _, anchors = jax.lax.top_k(scores.max(axis=-1), k)
-  top_scores, flat = jax.lax.top_k(scores[anchors].reshape(-1), k)
+    _, anchors = topk.top_k(scores.max(axis=-1), k)
+  top_scores, flat = topk.top_k(scores[anchors].reshape(-1), k)
   anchor = anchors[flat // num_classes]
   classes = (flat % num_classes).astype(jnp.int32)
   if boxes.ndim == 3:

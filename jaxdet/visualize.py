@@ -26,7 +26,10 @@ def draw_detections(image: np.ndarray, boxes, classes, scores, class_names,
   colors = _palette(len(class_names))
   for box in ([] if gt_boxes is None else gt_boxes):
     draw.rectangle([float(v) for v in box], outline=(255, 255, 255), width=1)
-  for box, cls, score in zip(boxes, classes, scores):
+  # Lowest score first: where boxes (and so labels) coincide, the best is drawn on top.
+  order = np.argsort(-np.asarray(scores, np.float32), kind='stable')[::-1]
+  for i in order:
+    box, cls, score = boxes[i], classes[i], scores[i]
     color = colors[int(cls) % len(colors)]
     x1, y1, x2, y2 = (float(v) for v in box)
     draw.rectangle([x1, y1, x2, y2], outline=color, width=2)

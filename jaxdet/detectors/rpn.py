@@ -13,6 +13,7 @@ from jaxdet.detectors import retinanet
 from jaxdet.ops import anchors as anchors_lib
 from jaxdet.ops import boxes as box_ops
 from jaxdet.ops import nms as nms_lib
+from jaxdet.ops import topk
 
 
 class RPN:
@@ -80,7 +81,7 @@ class RPN:
     start = 0
     for level, count in enumerate(self.anchors_per_level):
       k = min(pre_nms, count)
-      top, idx = jax.lax.top_k(objectness[:, start:start + count], k)  # [B, k]
+      top, idx = topk.top_k(objectness[:, start:start + count], k)  # [B, k]
       anchors = jnp.asarray(self.anchors[start:start + count])[idx]  # [B, k, 4]
       d = jnp.take_along_axis(deltas[:, start:start + count], idx[..., None], axis=1)
       boxes.append(box_ops.decode_deltas(d, anchors, clip_size=self.image_size))

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdet.ops import boxes as box_ops
+from jaxdet.ops import topk
 
 CL_SCORES = ('classification', 'cluster_max', 'balanced')
 
@@ -179,5 +180,5 @@ def cl_balanced_nms(boxes: jnp.ndarray, scores: jnp.ndarray, iou_threshold: floa
   if output_score == 'cluster_max':  # references come in descending score already
     return indices, out_scores, keep
   # top_k puts equal values in index order: a stable sort, empty slots last.
-  _, order = jax.lax.top_k(jnp.where(keep, out_scores, -jnp.inf), max_output)
+  _, order = topk.top_k(jnp.where(keep, out_scores, -jnp.inf), max_output)
   return indices[order], out_scores[order], keep[order]

@@ -29,3 +29,23 @@ def restore_latest(manager: ocp.CheckpointManager, state: TrainState) -> TrainSt
 def save(manager: ocp.CheckpointManager, step: int, state: TrainState) -> None:
   """Saves `state` as `step` (asynchronously; `manager.wait_until_finished()` joins)."""
   manager.save(step, args=ocp.args.StandardSave(state), force=True)
+
+
+def restore_latest_variables(manager: ocp.CheckpointManager, state: TrainState
+                             ) -> TrainState:
+  """The latest checkpoint's step, params and constants (what inference needs) with
+  `state`'s structure and shardings (abstract arrays suffice), opt_state None; `state`
+  if there is no checkpoint.
+
+  The optimizer state is not read, so checkpoints written with another optimizer
+  configuration (or an older jaxdet's optimizer state) still restore.
+  """
+  step = manager.latest_step()
+  if step is None:
+    return state
+  item = jax.tree.map(ocp.utils.to_shape_dtype_struct, dict(
+      step=state.step, params=state.params, constants=state.constants))
+  restored = manager.restore(step, args=ocp.args.PyTreeRestore(
+      item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+      partial_restore=True))
+  return state.replace(opt_state=None, **restored)

@@ -1,10 +1,12 @@
 """The train / evaluate driver behind `train.py`."""
 
+import dataclasses
 import json
 import logging
 import math
 import os
 import time
+from typing import Any
 
 import jax
 import ml_collections
@@ -173,6 +175,47 @@ def require_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   if checkpoint.make_manager(workdir, config.train).latest_step() is None:
     raise FileNotFoundError(
         f'{what}: no checkpoint under {os.path.join(workdir, "checkpoints")}')
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """A trained detector for inference: `detector.predict(variables, batch)`; labels
+  0..C-1 are named `class_names[label]`, dataset category `category_ids[label]`."""
+  detector: Any
+  variables: dict
+  step: int
+  class_names: tuple[str, ...]
+  category_ids: tuple[int, ...]
+
+
+def restore_for_inference(config: ml_collections.ConfigDict, workdir: str,
+                          what: str) -> Restored:
+  """The variables of `workdir`'s latest checkpoint (the train loop's state structure
+  and checkpoint manager), for tools that only predict; `what` names the tool in the
+  error when there is no checkpoint.
+
+  Unlike `Experiment` it reads no training split (only the source's class names), no
+  optimizer state (`checkpoint.restore_latest_variables`) and initializes nothing: the
+  state it restores into is abstract.
+  """
+  require_checkpoint(config, workdir, what)
+  source = sources.build_source(config.data)
+  class_names = tuple(source.class_names)
+  detector = detectors.build_detector(config, config.data.num_classes or len(class_names))
+  # The restore needs the train state's structure (shapes, dtypes, shardings) only:
+  # traced, not computed. (The schedule's length changes nothing in it; one step per
+  # epoch spares counting the training split.)
+  schedule = optimizer_lib.lr_schedule(config.train, steps_per_epoch=1)
+  mesh = sharding.make_mesh()
+  abstract = jax.eval_shape(lambda: create_train_state(detector, config, schedule, mesh)[0])
+  repl = sharding.replicated(mesh)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
+                          abstract)
+  state = checkpoint.restore_latest_variables(
+      checkpoint.make_manager(workdir, config.train), abstract)
+  return Restored(detector=detector, variables=state.variables(),
+                  step=int(jax.device_get(state.step)), class_names=class_names,
+                  category_ids=tuple(int(i) for i in source.category_ids))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> dict | None:
