@@ -2,8 +2,10 @@
 `python -m jaxdet.predict`): TensorFlow kept off the accelerators, readable logs."""
 
 import logging as py_logging
+from typing import Sequence
 
-from absl import logging
+from absl import flags, logging
+from ml_collections import config_flags
 
 
 class _LibraryInfoFilter(py_logging.Filter):
@@ -43,3 +45,16 @@ def command(main):
     main(argv)
 
   return run
+
+
+def define_checkpoint_flags(flag_values: flags.FlagValues,
+                            argv: Sequence[str] | None) -> None:
+  """--config and --workdir of the commands that read a trained workdir (export,
+  predict); `argv` (default sys.argv) tells config_flags which `--config.field=value`
+  overrides to expect."""
+  config_flags.DEFINE_config_file(
+      'config', None, 'Config file the workdir was trained with '
+      '(configs/NAME.py[:VARIANT]); --config.field=value overrides it.',
+      flag_values=flag_values, lock_config=True, sys_argv=argv)
+  flags.DEFINE_string('workdir', None, 'Workdir with checkpoints/ (from train.py).',
+                      flag_values=flag_values)

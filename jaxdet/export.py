@@ -28,9 +28,9 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
 
+from jaxdet import cli
 from jaxdet import inference
 from jaxdet.ops import topk
 
@@ -215,12 +215,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
                  argv: Sequence[str] | None = None) -> flags.FlagValues:
   """The command's flags, in `flag_values`; `argv` (default sys.argv) tells
   config_flags which `--config.field=value` overrides to expect."""
-  config_flags.DEFINE_config_file(
-      'config', None, 'Config file the workdir was trained with '
-      '(configs/NAME.py[:VARIANT]); --config.field=value overrides it.',
-      flag_values=flag_values, lock_config=True, sys_argv=argv)
-  flags.DEFINE_string('workdir', None, 'Workdir with checkpoints/ (from train.py).',
-                      flag_values=flag_values)
+  cli.define_checkpoint_flags(flag_values, argv)
   flags.DEFINE_string('out', None, 'Output folder (default: WORKDIR/export).',
                       flag_values=flag_values)
   flags.DEFINE_integer('batch_size', 0, 'Fixed batch size; 0: symbolic where the '
@@ -244,6 +239,5 @@ def main(argv, flag_values: flags.FlagValues = flags.FLAGS) -> dict:
 
 if __name__ == '__main__':
   from absl import app  # pylint: disable=g-import-not-at-top
-  from jaxdet import cli  # pylint: disable=g-import-not-at-top
   define_flags()
   app.run(cli.command(main))

@@ -22,10 +22,10 @@ from typing import Callable, Iterator, Sequence
 from absl import flags
 import jax
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
 import tqdm
 
+from jaxdet import cli
 from jaxdet import inference
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp')
@@ -203,12 +203,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
                  argv: Sequence[str] | None = None) -> flags.FlagValues:
   """The command's flags, in `flag_values`; `argv` (default sys.argv) tells
   config_flags which `--config.field=value` overrides to expect."""
-  config_flags.DEFINE_config_file(
-      'config', None, 'Config file the workdir was trained with '
-      '(configs/NAME.py[:VARIANT]); --config.field=value overrides it.',
-      flag_values=flag_values, lock_config=True, sys_argv=argv)
-  flags.DEFINE_string('workdir', None, 'Workdir with checkpoints/ (from train.py).',
-                      flag_values=flag_values)
+  cli.define_checkpoint_flags(flag_values, argv)
   flags.DEFINE_string('images', None, 'A folder, a glob pattern (quoted) or a '
                       'comma-separated list of these and image files.',
                       flag_values=flag_values)
@@ -234,6 +229,5 @@ def main(argv, flag_values: flags.FlagValues = flags.FLAGS) -> list[dict]:
 
 if __name__ == '__main__':
   from absl import app  # pylint: disable=g-import-not-at-top
-  from jaxdet import cli  # pylint: disable=g-import-not-at-top
   define_flags()
   app.run(cli.command(main))

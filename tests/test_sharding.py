@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent('''
     config.model.backbone.norm = 'bn'
     detector = detectors.build_detector(config, 6)
     schedule = optimizer.lr_schedule(config.train, 100)
-    batch = synthetic_batch(4, 128, config.data.max_boxes, 6)
+    batch = synthetic_batch(4, 128, 128, config.data.max_boxes, 6)
     batch['boxes'] = np.clip(batch['boxes'], 0, 127)
 
     def two_steps(devices):
