@@ -97,9 +97,9 @@ def plot_runs(runs: Sequence[Run], path: str, metric: str = 'AP',
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt
 
-  # The steps panel only where some run was evaluated more than once (config
-  # train.eval_every); a column of single points says nothing.
-  over_steps = any(len(ap_over_steps(run, metric)[0]) > 1 for run in runs)
+  # The steps panel only where some run was evaluated at several steps (config
+  # train.eval_every; re-evaluations share a step); a column of points says nothing.
+  over_steps = any(len(set(ap_over_steps(run, metric)[0])) > 1 for run in runs)
   fig, axes = plt.subplots(1, 1 + over_steps, figsize=(5.5 * (1 + over_steps), 4.2),
                            squeeze=False)
   left = axes[0, 0]

@@ -69,7 +69,8 @@ def test_plot_writes_a_figure(tmp_path):
 
 
 def test_single_evaluations_draw_one_panel(tmp_path):
-  runs = [plots.load_run(_write(tmp_path / 'one', [_line(100, 0.5)]))]
+  # One step, evaluated twice (a re-evaluation with other settings): still one panel.
+  runs = [plots.load_run(_write(tmp_path / 'one', [_line(100, 0.5), _line(100, 0.4)]))]
   out = tmp_path / 'one.png'
   plots.plot_runs(runs, str(out))
   two = tmp_path / 'two.png'
