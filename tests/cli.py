@@ -9,11 +9,12 @@ def run_script(repo: str, cache: str, script: str, *args: str, timeout: int = 50
                env: dict[str, str] | None = None) -> str:
   """`python script *args` in the repo, sharing the tests' XLA compilation cache under
   `cache`, with `env` added to the environment; asserts it exits 0 and returns its log
-  (stdout + stderr). XLA's optimization passes are off: for a few dozen smoke steps
-  compiling them costs more than they save (an APS smoke run: 118 -> 70 s)."""
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', JAX_DISABLE_MOST_OPTIMIZATIONS='1',
-             JAX_COMPILATION_CACHE_DIR=os.path.join(cache, 'xla'),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', **(env or {}))
+  (stdout + stderr). XLA's optimization passes are off unless `env` turns them on
+  (JAX_DISABLE_MOST_OPTIMIZATIONS='0'): for a few dozen smoke steps compiling them costs
+  more than they save (an APS smoke run: 118 -> 70 s)."""
+  env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2', 'JAX_DISABLE_MOST_OPTIMIZATIONS': '1',
+         'JAX_COMPILATION_CACHE_DIR': os.path.join(cache, 'xla'),
+         'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0', **(env or {})}
   proc = subprocess.run([sys.executable, script, *args], cwd=repo, env=env,
                         capture_output=True, text=True, timeout=timeout)
   log = proc.stdout + proc.stderr

@@ -4,12 +4,22 @@ import importlib.util
 import json
 import os
 
+import jax
 import pytest
 
 from jaxdet.training import loop
 from tests.test_sources_tfds import mocked  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _fast_compile():
+  # Two steps: compilation is nearly all of it, and the values are not checked.
+  before = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  yield
+  jax.config.update('jax_disable_most_optimizations', before)
 
 
 def _config(repo_root, name):
