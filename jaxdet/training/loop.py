@@ -207,7 +207,12 @@ def restore_for_inference(config: ml_collections.ConfigDict, workdir: str,
   # epoch spares counting the training split.)
   schedule = optimizer_lib.lr_schedule(config.train, steps_per_epoch=1)
   mesh = sharding.make_mesh()
-  abstract = jax.eval_shape(lambda: create_train_state(detector, config, schedule, mesh)[0])
+  # The checkpoint replaces every weight: the state's shapes need no pretrained file
+  # (which the machine that predicts may not have).
+  init_config = ml_collections.ConfigDict(config.to_dict())
+  init_config.model.backbone.pretrained = ''
+  abstract = jax.eval_shape(
+      lambda: create_train_state(detector, init_config, schedule, mesh)[0])
   repl = sharding.replicated(mesh)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
                           abstract)
