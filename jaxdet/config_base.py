@@ -4,10 +4,33 @@ Config files in `configs/` call these builders and then set what differs per det
 and dataset, so every field a module reads is defined (and documented) in one place.
 """
 
+import importlib.util
+import os
+
 import ml_collections
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, 0-255 scale
 IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """The config that `train.py --config=SPEC` reads, for notebooks and scripts.
+
+  Args:
+    spec: `path/to/config.py` or `path/to/config.py:VARIANT` (e.g. `:smoke`).
+  Raises:
+    FileNotFoundError naming the file; ValueError when it has no `get_config`.
+  """
+  path, _, variant = spec.partition(':')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path}: no such config file (from {spec!r})')
+  name = 'jaxdet_config_' + os.path.splitext(os.path.basename(path))[0]
+  module_spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, 'get_config'):
+    raise ValueError(f'{path}: a config file defines get_config(arg=None)')
+  return module.get_config(variant) if variant else module.get_config()
 
 
 def data_config() -> ml_collections.ConfigDict:

@@ -17,7 +17,8 @@ def draw_detections(image: np.ndarray, boxes, classes, scores, class_names,
 
   Args:
     image: uint8 [H, W, 3].
-    boxes: [N, 4] xyxy pixels of `image`; classes [N] int; scores [N] in [0, 1].
+    boxes: [N, 4] xyxy pixels of `image`; classes [N] int; scores [N] in [0, 1], or
+      None for boxes without scores (ground truth): labelled with the name alone.
     class_names: names indexed by class.
     gt_boxes: optional [M, 4] ground truth, drawn thin and white.
   """
@@ -27,13 +28,14 @@ def draw_detections(image: np.ndarray, boxes, classes, scores, class_names,
   for box in ([] if gt_boxes is None else gt_boxes):
     draw.rectangle([float(v) for v in box], outline=(255, 255, 255), width=1)
   # Lowest score first: where boxes (and so labels) coincide, the best is drawn on top.
-  order = np.argsort(-np.asarray(scores, np.float32), kind='stable')[::-1]
+  order = (range(len(boxes)) if scores is None else
+           np.argsort(-np.asarray(scores, np.float32), kind='stable')[::-1])
   for i in order:
-    box, cls, score = boxes[i], classes[i], scores[i]
+    box, cls = boxes[i], classes[i]
     color = colors[int(cls) % len(colors)]
     x1, y1, x2, y2 = (float(v) for v in box)
     draw.rectangle([x1, y1, x2, y2], outline=color, width=2)
-    text = f'{class_names[int(cls)]} {score:.2f}'
+    text = class_names[int(cls)] + ('' if scores is None else f' {scores[i]:.2f}')
     tw, th = draw.textbbox((0, 0), text)[2:]
     ty = max(y1 - th - 2, 0)
     draw.rectangle([x1, ty, x1 + tw + 2, ty + th + 2], fill=color)

@@ -1,13 +1,13 @@
 """What the inference, export and prediction tests share: small real images, smoke
 configs that keep every detection, random-weight checkpoints, commands in-process."""
 
-import importlib.util
 import os
 
 from absl import flags
 import jax
 import numpy as np
 
+from jaxdet import config_base
 from jaxdet import detectors
 from jaxdet.data import shapes
 from jaxdet.training import checkpoint
@@ -33,10 +33,7 @@ def config_path(repo_root: str, name: str) -> str:
 def smoke_config(repo_root: str, name: str, shapes_cache: str = ''):
   """configs/NAME.py:smoke keeping every detection (random weights score low), as
   `smoke_flags` sets it on a command line."""
-  spec = importlib.util.spec_from_file_location(name, config_path(repo_root, name))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config('smoke')
+  config = config_base.load_config_file(config_path(repo_root, name) + ':smoke')
   config.eval.score_threshold = 0.0
   config.data.shapes.cache_dir = shapes_cache
   return config

@@ -3,7 +3,6 @@ NumPy port of mmdetection's target code), centerness and GIoU quality targets, l
 head and FPN, score fusion, configs, and an end-to-end smoke run through train.py."""
 
 import functools
-import importlib.util
 import json
 import os
 
@@ -515,11 +514,7 @@ def test_configs_and_command_line_switches(repo_root):
     np.testing.assert_array_equal(c.assign.regress_ranges, want)
     build_detector(c, num_classes=3)
     json.dumps(c.to_dict())  # config.json of a run
-  spec = importlib.util.spec_from_file_location(
-      'fcos_coco', os.path.join(repo_root, 'configs/fcos_coco.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  coco = module.get_config()
+  coco = config_base.load_config_file(os.path.join(repo_root, 'configs/fcos_coco.py'))
   assert coco.train.warmup_factor == pytest.approx(1 / 3)
   assert coco.model.head.quality == 'giou' and coco.model.head.first_conv == 'conv'
 

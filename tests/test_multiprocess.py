@@ -49,8 +49,10 @@ def test_two_processes_match_one_process_with_two_devices(repo_root, shapes_cach
   for p, log in zip(procs, logs):
     assert p.returncode == 0, log[-5000:]
 
+  # Only process 0 of the pair above is checked for its evaluation; this run trains.
   single = subprocess.run(
-      _command(tmp_path / 'single', shapes_cache), cwd=repo_root, capture_output=True,
+      _command(tmp_path / 'single', shapes_cache, '--mode=train'), cwd=repo_root,
+      capture_output=True,
       text=True, timeout=500,
       env=dict(env, XLA_FLAGS='--xla_force_host_platform_device_count=2'))
   assert single.returncode == 0, single.stderr[-5000:]

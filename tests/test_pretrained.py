@@ -4,7 +4,6 @@ ResNet give the same C2..C5 features; wrong files fail naming the file and the f
 `config.model.backbone.pretrained` loads them at Detector.init."""
 
 import functools
-import importlib.util
 import os
 import sys
 
@@ -415,11 +414,8 @@ def test_detector_init_width_mismatch_fails(r18_npz):
 def test_obc_coco_takes_a_torchvision_resnet50_by_one_override(tmp_path):
   """configs/obc_coco.py with only `backbone.pretrained` set accepts every tensor of a
   full-size torchvision ResNet-50 (traced, not run)."""
-  spec = importlib.util.spec_from_file_location(
-      'obc_coco', os.path.join(os.path.dirname(__file__), '..', 'configs', 'obc_coco.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_base.load_config_file(
+      os.path.join(os.path.dirname(__file__), '..', 'configs', 'obc_coco.py'))
   path = tmp_path / 'resnet50.npz'
   np.savez(path, **torchvision_state_dict(50, zero_convs=True))
   config.model.backbone.pretrained = str(path)

@@ -1,33 +1,19 @@
 """The COCO and VOC configs train and evaluate through the real trainer on mocked tfds."""
 
-import importlib.util
 import json
 import os
 
-import jax
 import pytest
 
+from jaxdet import config_base
 from jaxdet.training import loop
 from tests.test_sources_tfds import mocked  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(autouse=True)
-def _fast_compile():
-  # Two steps: compilation is nearly all of it, and the values are not checked.
-  before = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', before)
-
-
 def _config(repo_root, name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(repo_root, 'configs',
-                                                                   f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config('smoke')
+  return config_base.load_config_file(os.path.join(repo_root, 'configs', f'{name}.py:smoke'))
 
 
 @pytest.mark.parametrize('name, num_eval_images', [('retinanet_coco', 3),

@@ -4,7 +4,6 @@ and offset bins), the detector on the smoke configs (loss, gradients, overfittin
 predict), config errors, and end-to-end smoke runs through train.py."""
 
 import copy
-import importlib.util
 import json
 import os
 
@@ -30,22 +29,9 @@ from tests.test_train_e2e import COCO_KEYS, logged
 MAX_RATIO = float(np.abs(np.log(16.0 / 1000)))  # ops.boxes' default dw / dh clamp
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _fast_compile():
-  """XLA without most optimizations: these tests compile far more than they run (the
-  detector's train step: about half the compile time on a 2-core CPU)."""
-  before = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', before)
-
-
 def _config(repo_root, name, arg='smoke'):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(repo_root, 'configs',
-                                                                   f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  path = os.path.join(repo_root, 'configs', f'{name}.py')
+  return config_base.load_config_file(f'{path}:{arg}' if arg else path)
 
 
 def _np_iou(a, b):
@@ -700,9 +686,7 @@ def test_train_and_eval_smoke(repo_root, shapes_cache, tmp_path, name, detector)
       f'--workdir={workdir}', f'--config.data.shapes.cache_dir={shapes_cache}',
       '--mode=train_and_eval', '--config.train.num_steps=10',
       '--config.train.log_every=5', '--config.train.checkpoint_every=10',
-      '--config.eval.num_images=8', timeout=400,
-      # Compilation is most of a 10-step run; optimizations do not change the values.
-      env=dict(JAX_DISABLE_MOST_OPTIMIZATIONS='1'))
+      '--config.eval.num_images=8', timeout=400)
   with open(os.path.join(workdir, 'config.json')) as f:
     config = json.load(f)
   assert config['detector'] == detector
