@@ -12,6 +12,7 @@ import pytest
 from jaxdet import export as export_lib
 from jaxdet import predict
 from jaxdet.data import shapes
+from jaxdet.data import sources
 from tests.inference_utils import (SIZES, run_command, save_random_checkpoint,
                                    shapes_images, smoke_config, smoke_flags)
 
@@ -108,3 +109,15 @@ def test_pictures_put_the_best_label_on_top():
   colors = visualize._palette(2)
   label = picture[20, 10]  # the label's fill, above the box
   assert tuple(label) == colors[0]
+
+
+def test_shapes_categories_without_generating_the_dataset(repo_root, shapes_cache,
+                                                          tmp_path):
+  config = smoke_config(repo_root, CONFIG, str(tmp_path / 'empty_cache'))
+  names, ids = sources.categories(config.data)
+  assert not os.path.exists(tmp_path / 'empty_cache')  # nothing generated
+  # The same as the generated dataset's annotations say.
+  config.data.shapes.cache_dir = shapes_cache
+  source = sources.build_source(config.data)
+  assert names == source.class_names == shapes.CLASS_NAMES
+  assert ids == source.category_ids == tuple(range(1, len(names) + 1))

@@ -539,6 +539,16 @@ class TfdsVocSource(_TfdsSource):
         file_name=ex['image/filename'])
 
 
+def categories(data_config) -> tuple[tuple[str, ...], tuple[int, ...]]:
+  """(class names, dataset category ids) of labels 0..C-1 of `data_config`'s source,
+  for tools that only predict: `shapes` names its classes without generating the
+  dataset; other sources read their annotations' or builder's categories."""
+  if data_config.source == 'shapes':
+    return shapes.CLASS_NAMES, tuple(range(1, len(shapes.CLASS_NAMES) + 1))
+  source = build_source(data_config)
+  return tuple(source.class_names), tuple(int(i) for i in source.category_ids)
+
+
 def build_source(data_config) -> Any:
   """The source named by `data_config.source` (shapes | coco_folder | tfds_coco |
   tfds_voc); `shapes` is generated (once, cached) on first use."""

@@ -194,13 +194,13 @@ def restore_for_inference(config: ml_collections.ConfigDict, workdir: str,
   and checkpoint manager), for tools that only predict; `what` names the tool in the
   error when there is no checkpoint.
 
-  Unlike `Experiment` it reads no training split (only the source's class names), no
+  Unlike `Experiment` it reads no training split (only the source's categories, and
+  for `shapes` not even those: `sources.categories`), no
   optimizer state (`checkpoint.restore_latest_variables`) and initializes nothing: the
   state it restores into is abstract.
   """
   require_checkpoint(config, workdir, what)
-  source = sources.build_source(config.data)
-  class_names = tuple(source.class_names)
+  class_names, category_ids = sources.categories(config.data)
   detector = detectors.build_detector(config, config.data.num_classes or len(class_names))
   # The restore needs the train state's structure (shapes, dtypes, shardings) only:
   # traced, not computed. (The schedule's length changes nothing in it; one step per
@@ -220,7 +220,7 @@ def restore_for_inference(config: ml_collections.ConfigDict, workdir: str,
       checkpoint.make_manager(workdir, config.train), abstract)
   return Restored(detector=detector, variables=state.variables(),
                   step=int(jax.device_get(state.step)), class_names=class_names,
-                  category_ids=tuple(int(i) for i in source.category_ids))
+                  category_ids=category_ids)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> dict | None:
