@@ -438,3 +438,21 @@ def test_caffe_style_moves_the_stride_only():
   assert shapes['caffe'][1] == (1, 19, 25, 32)
   with pytest.raises(ValueError, match='style'):
     jax.eval_shape(resnet.ResNet(depth=50, style='tf').init, jax.random.key(0), x)
+
+
+def test_resumed_run_does_not_read_the_weights_file(repo_root, shapes_cache, tmp_path):
+  """A workdir with a checkpoint resumes from it even when the pretrained file is gone
+  (a fresh run would fail on it: the file is only read for a new state)."""
+  from jaxdet.training import loop  # pylint: disable=g-import-not-at-top
+  from tests.inference_utils import save_random_checkpoint, smoke_config
+  config = smoke_config(repo_root, 'retinanet_shapes', shapes_cache)
+  config.model.backbone.norm = 'frozen_bn'  # what ImageNet weights come with
+  workdir = str(tmp_path / 'run')
+  saved = save_random_checkpoint(config, workdir, step=5)
+  config.model.backbone.pretrained = str(tmp_path / 'moved_away.npz')
+  with pytest.raises(FileNotFoundError, match='moved_away.npz'):
+    loop.Experiment(config, str(tmp_path / 'fresh'))
+  experiment = loop.Experiment(config, workdir)
+  assert experiment.step == 5
+  for x, y in zip(jax.tree.leaves(saved.params), jax.tree.leaves(experiment.state.params)):
+    np.testing.assert_array_equal(x, y)

@@ -28,6 +28,15 @@ from jaxdet.training.step import create_train_state, make_predict, make_train_st
 TRAIN_SPLIT, EVAL_SPLIT = 'train', 'eval'
 
 
+def without_pretrained(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` without `model.backbone.pretrained`, to build a state that a
+  checkpoint then replaces entirely: the weights file is not read (the machine may not
+  have it, or it may have moved since training started)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model.backbone.pretrained = ''
+  return config
+
+
 class Experiment:
   """Everything a run needs, built once from the config."""
 
@@ -45,9 +54,12 @@ class Experiment:
     self.num_steps, steps_per_epoch = optimizer_lib.total_steps(
         config.train, self.source.num_examples(TRAIN_SPLIT))
     self.schedule = optimizer_lib.lr_schedule(config.train, steps_per_epoch)
-    self.state, self.tx = create_train_state(self.detector, config, self.schedule, self.mesh)
-    self.predict = make_predict(self.detector, self.mesh)
     self.manager = checkpoint.make_manager(workdir, config.train)
+    resuming = self.manager.latest_step() is not None
+    self.state, self.tx = create_train_state(
+        self.detector, without_pretrained(config) if resuming else config, self.schedule,
+        self.mesh)
+    self.predict = make_predict(self.detector, self.mesh)
     self.state = checkpoint.restore_latest(self.manager, self.state)
     if record_config and jax.process_index() == 0:
       with open(os.path.join(workdir, 'config.json'), 'w') as f:
@@ -207,12 +219,8 @@ def restore_for_inference(config: ml_collections.ConfigDict, workdir: str,
   # epoch spares counting the training split.)
   schedule = optimizer_lib.lr_schedule(config.train, steps_per_epoch=1)
   mesh = sharding.make_mesh()
-  # The checkpoint replaces every weight: the state's shapes need no pretrained file
-  # (which the machine that predicts may not have).
-  init_config = ml_collections.ConfigDict(config.to_dict())
-  init_config.model.backbone.pretrained = ''
   abstract = jax.eval_shape(
-      lambda: create_train_state(detector, init_config, schedule, mesh)[0])
+      lambda: create_train_state(detector, without_pretrained(config), schedule, mesh)[0])
   repl = sharding.replicated(mesh)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
                           abstract)
