@@ -27,6 +27,7 @@ import tqdm
 
 from jaxdet import cli
 from jaxdet import inference
+from jaxdet.training import sharding
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp')
 JSON_FILE = 'detections.json'
@@ -82,21 +83,26 @@ def iter_detections(config: ml_collections.ConfigDict, detector, variables: dict
                     progress: bool = True
                     ) -> Iterator[tuple[str, np.ndarray, dict[str, np.ndarray]]]:
   """Runs the detector over image files, one fixed-size batch at a time (the last
-  one padded, so there is one compilation).
+  one padded, so there is one compilation), split over this host's devices (`batch_size`,
+  default `config.eval.batch_size`, rounded up to a multiple of their number).
 
   Yields:
     (path, uint8 image [h, w, 3], detections of the image: boxes [n, 4] x1y1x2y2 in
     its pixels, scores [n], classes [n], only the valid ones, by descending score).
   """
-  batch_size = batch_size or config.eval.batch_size
+  mesh = sharding.make_mesh(jax.local_devices())
+  batch_size = -(-(batch_size or config.eval.batch_size) // mesh.size) * mesh.size
+  images_sharding = sharding.batch_sharding(mesh)
+  variables = jax.device_put(variables, sharding.replicated(mesh))
   infer = compiled_infer(config, detector)
   with tqdm.tqdm(total=len(paths), desc='predict', unit='img',
                  disable=not progress) as bar:
     for batch_paths in _batches(paths, batch_size):
       images = [inference.read_image(p) for p in batch_paths]
       batch = inference.make_batch(images, config.data, batch_size)
-      dets = jax.device_get(infer(variables, batch['images'], batch['scale'],
-                                  batch['orig_size']))
+      inputs = jax.device_put((batch['images'], batch['scale'], batch['orig_size']),
+                              images_sharding)
+      dets = jax.device_get(infer(variables, *inputs))
       for i, (path, image) in enumerate(zip(batch_paths, images)):
         keep = dets['valid'][i]
         yield path, image, {k: dets[k][i][keep] for k in ('boxes', 'scores', 'classes')}
