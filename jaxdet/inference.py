@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from jaxdet.data import transforms
+from jaxdet.ops import boxes as box_ops
 
 OUTPUT_KEYS = ('boxes', 'scores', 'classes', 'valid')
 
@@ -110,20 +111,12 @@ def make_batch(images: Sequence[np.ndarray], data_config: ml_collections.ConfigD
   return out
 
 
-def content_size(scale: jax.Array, orig_size: jax.Array,
-                 canvas: tuple[int, int]) -> jax.Array:
-  """int32 [B, 2] (height, width) of each resized image inside the canvas: the rounding
-  of `transforms.resize_keep_aspect` (round(size * scale), clipped to [1, canvas])."""
-  hw = jnp.round(orig_size.astype(jnp.float32) * scale[:, None].astype(jnp.float32))
-  return jnp.clip(hw, 1.0, jnp.asarray(canvas, jnp.float32)).astype(jnp.int32)
-
-
 def normalize(images: jax.Array, scale: jax.Array, orig_size: jax.Array,
               mean: Sequence[float], std: Sequence[float]) -> jax.Array:
   """uint8 (or float, 0-255) [B, H, W, 3] -> the pipeline's float32 network input:
   (x - mean) / std inside each image's content, 0 in the padding."""
   _, h, w, _ = images.shape
-  hw = content_size(scale, orig_size, (h, w))
+  hw = box_ops.content_size(scale, orig_size, (h, w))
   inside = ((jnp.arange(h)[None, :, None] < hw[:, 0, None, None])
             & (jnp.arange(w)[None, None, :] < hw[:, 1, None, None]))
   x = (images.astype(jnp.float32) - jnp.asarray(mean, jnp.float32)) / jnp.asarray(
@@ -152,7 +145,9 @@ def make_infer(detector, data_config: ml_collections.ConfigDict,
 
   def infer(variables, images, scale, orig_size):
     x = normalize(images, scale, orig_size, mean, std)
-    dets = detector.predict(variables, {'image': x}, score=score)
+    # scale and orig_size: boxes are clipped to each image's content, as in evaluation.
+    dets = detector.predict(variables, {'image': x, 'scale': scale, 'orig_size': orig_size},
+                            score=score)
     dets = {k: dets[k] for k in OUTPUT_KEYS}
     dets['boxes'] = to_original(dets['boxes'], scale, orig_size)
     return dets

@@ -169,6 +169,11 @@ def test_format_conversions_and_clip():
   got = B.clip_boxes(np.stack([boxes, boxes]), np.array([[20.0], [10.0]]),
                      np.array([[25.0], [3.0]]))
   np.testing.assert_allclose(got[1], [[0, 0, 3, 8], [2, 3, 3, 10]])
+  # [B] sizes against class-specific [B, N, C, 4] boxes: aligned to the leading axis.
+  per_class = np.stack([np.stack([boxes] * 3, 1)] * 2)  # [2, 2, 3, 4]
+  got = B.clip_boxes(per_class, np.array([20.0, 10.0]), np.array([25.0, 3.0]))
+  np.testing.assert_allclose(got[1, :, 2], [[0, 0, 3, 8], [2, 3, 3, 10]])
+  np.testing.assert_allclose(got[0, :, 0], [[0, 0, 25, 8], [2, 3, 4, 20]])
 
 
 def np_encode(g, a, means, stds):

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from jaxdet.models import pretrained
 from jaxdet.models import resnet
+from jaxdet.ops import boxes as box_ops
 
 
 class Detector:
@@ -30,6 +31,17 @@ class Detector:
     (`jaxdet.models.pretrained`). Host side, outside `jit`: the file's arrays would
     otherwise become constants of the compiled init (100 MB for a ResNet-50)."""
     return pretrained.load_into(variables, self.config.model.backbone)
+
+  def clip_size(self, batch: dict) -> tuple[jax.Array, jax.Array]:
+    """(height [B], width [B]) px of each image's content in the padded canvas,
+    what boxes are clipped to (mmdetection clips to `img_shape`, not the padded
+    `pad_shape`); the whole canvas where the batch has no `scale` / `orig_size` (a
+    caller's own unpadded images)."""
+    if 'scale' not in batch or 'orig_size' not in batch:
+      return self.image_size
+    hw = box_ops.content_size(batch['scale'], batch['orig_size'], self.image_size)
+    hw = hw.astype(jnp.float32)
+    return hw[:, 0], hw[:, 1]
 
   def check_score(self, score: str) -> None:
     if score not in self.SCORES:

@@ -212,17 +212,19 @@ class FCOS(base.DenseDetector):
     to the class probability, else to that score.
     """
     out = self.module.apply(variables, batch['image'], train=False)
-    return self.detections_from_outputs(out, score or self.SCORES[0])
+    return self.detections_from_outputs(out, score or self.SCORES[0],
+                                        self.clip_size(batch))
 
-  def detections_from_outputs(self, out: dict, score: str) -> dict:
-    """`predict` after the network: scores, thresholding, decoding, top-k and NMS."""
+  def detections_from_outputs(self, out: dict, score: str, clip_size=None) -> dict:
+    """`predict` after the network: scores, thresholding, decoding, top-k and NMS;
+    boxes clipped to `clip_size` (`Detector.clip_size`; default the canvas)."""
     scores = self.detection_scores(out, score)
     e = self.config.eval
     threshold = e.score_threshold
     if e.score_threshold_on == 'classification':
       scores = jnp.where(jax.nn.sigmoid(out['cls_logits']) > threshold, scores, 0.0)
       threshold = 0.0
-    boxes = box_ops.clip_boxes(self.decode(out['box_pred']), *self.image_size)
+    boxes = box_ops.clip_boxes(self.decode(out['box_pred']), *(clip_size or self.image_size))
     return self.detections_from_dense(scores, boxes, threshold)
 
   def detection_scores(self, out: dict, score: str) -> jax.Array:

@@ -134,7 +134,7 @@ class RetinaNet(base.DenseDetector):
     out = self.module.apply(variables, batch['image'], train=False)
     scores = self.detection_scores(out, score or self.SCORES[0])
     boxes = self._decode(out['box_deltas'])
-    boxes = box_ops.clip_boxes(boxes, *self.image_size)
+    boxes = box_ops.clip_boxes(boxes, *self.clip_size(batch))
     return self.detections_from_dense(scores, boxes)
 
   def detection_scores(self, out: dict, score: str) -> jax.Array:

@@ -60,8 +60,8 @@ class RPN:
     box_loss = c.box_weight * jnp.sum(jnp.where(pos[..., None], per_coord, 0.0)) / num_sampled
     return cls_loss + box_loss, dict(rpn_cls_loss=cls_loss, rpn_box_loss=box_loss)
 
-  def proposals(self, objectness: jax.Array, deltas: jax.Array,
-                train: bool) -> tuple[jax.Array, jax.Array]:
+  def proposals(self, objectness: jax.Array, deltas: jax.Array, train: bool,
+                clip_size=None) -> tuple[jax.Array, jax.Array]:
     """Fixed-size proposals: per level the `pre_nms` best anchors, decoded and clipped,
     boxes with a side <= `min_size` px dropped, NMS at `nms_iou` within each level
     (mmdetection's batched_nms over level ids), then the `post_nms` best.
@@ -69,6 +69,8 @@ class RPN:
     Args:
       objectness: [B, A] logits; deltas: [B, A, 4] (no gradient flows back).
       train: the training (True) or test sizes of `config`.
+      clip_size: (height, width) the boxes are clipped to, scalars or [B] per image
+        (`Detector.clip_size`); default the canvas.
     Returns:
       (boxes [B, P, 4] px, valid [B, P] bool), P = post_nms, by descending score.
     """
@@ -84,7 +86,7 @@ class RPN:
       top, idx = topk.top_k(objectness[:, start:start + count], k)  # [B, k]
       anchors = jnp.asarray(self.anchors[start:start + count])[idx]  # [B, k, 4]
       d = jnp.take_along_axis(deltas[:, start:start + count], idx[..., None], axis=1)
-      boxes.append(box_ops.decode_deltas(d, anchors, clip_size=self.image_size))
+      boxes.append(box_ops.decode_deltas(d, anchors, clip_size=clip_size or self.image_size))
       scores.append(top)
       levels.append(np.full((k,), level, np.int32))
       start += count

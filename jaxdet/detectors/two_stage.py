@@ -114,7 +114,8 @@ class TwoStageDetector(base.Detector):
     rpn_rng, *stage_rngs = jax.random.split(rng, 1 + len(self.box_outputs))
     out, model_state = self._features(variables, batch['image'], train=True)
     total, metrics = self.rpn.loss(out['rpn_objectness'], out['rpn_deltas'], batch, rpn_rng)
-    boxes, valid = self.rpn.proposals(out['rpn_objectness'], out['rpn_deltas'], train=True)
+    boxes, valid = self.rpn.proposals(out['rpn_objectness'], out['rpn_deltas'], train=True,
+                                      clip_size=self.clip_size(batch))
     roi = self.config.roi
     for k, box_output in enumerate(self.box_outputs):
       if roi.add_gt_as_proposals:
@@ -164,7 +165,7 @@ class TwoStageDetector(base.Detector):
     predicted = jnp.argmax(out['cls_logits'][..., :self.num_classes], axis=-1)
     refined = box_output.decode(jax.lax.stop_gradient(out['box']), rois,
                                 jnp.where(positive, gt_labels, predicted),
-                                clip_size=self.image_size)
+                                clip_size=self.clip_size(batch))
     is_gt = idx >= candidates.shape[1] - batch['boxes'].shape[1] \
         if roi.add_gt_as_proposals else jnp.zeros_like(sampled)
     return cls_loss + box_loss, metrics, (refined, sampled & ~is_gt)
@@ -175,7 +176,9 @@ class TwoStageDetector(base.Detector):
     """Detections per image: boxes [B, D, 4] (network-input pixels), scores, classes, valid."""
     self.check_score(score or self.SCORES[0])
     out, _ = self._features(variables, batch['image'], train=False)
-    rois, valid = self.rpn.proposals(out['rpn_objectness'], out['rpn_deltas'], train=False)
+    clip = self.clip_size(batch)
+    rois, valid = self.rpn.proposals(out['rpn_objectness'], out['rpn_deltas'], train=False,
+                                     clip_size=clip)
     logits = 0.0
     last = len(self.box_outputs) - 1
     for k, box_output in enumerate(self.box_outputs):
@@ -184,9 +187,9 @@ class TwoStageDetector(base.Detector):
       logits = logits + head['cls_logits'] / len(self.box_outputs)
       if k < last:
         labels = jnp.argmax(head['cls_logits'][..., :self.num_classes], axis=-1)
-        rois = box_output.decode(head['box'], rois, labels, clip_size=self.image_size)
+        rois = box_output.decode(head['box'], rois, labels, clip_size=clip)
       else:
-        boxes = box_output.decode(head['box'], rois, clip_size=self.image_size)
+        boxes = box_output.decode(head['box'], rois, clip_size=clip)
     probs = jax.nn.softmax(logits, axis=-1)[..., :self.num_classes]
     probs = jnp.where(valid[..., None], probs, 0.0)
     e = self.config.eval

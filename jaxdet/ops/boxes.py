@@ -120,15 +120,29 @@ def cxcywh_to_xyxy(boxes: jnp.ndarray) -> jnp.ndarray:
   return jnp.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=-1)
 
 
+def content_size(scale: jnp.ndarray, orig_size: jnp.ndarray,
+                 canvas: Tuple[int, int]) -> jnp.ndarray:
+  """int32 [B, 2] (height, width) of each resized image inside the padded canvas, from
+  the batch's `scale` [B] and `orig_size` [B, 2]: the rounding of
+  `data.transforms.resize_keep_aspect` (round(size * scale), clipped to [1, canvas])."""
+  hw = jnp.round(orig_size.astype(jnp.float32) * scale[:, None].astype(jnp.float32))
+  return jnp.clip(hw, 1.0, jnp.asarray(canvas, jnp.float32)).astype(jnp.int32)
+
+
 def clip_boxes(boxes: jnp.ndarray, height: ArrayLike, width: ArrayLike) -> jnp.ndarray:
   """Clips `boxes [..., 4]` to the image `[0, width] x [0, height]` (px).
 
-  `height` / `width` are scalars or arrays broadcastable to `boxes[..., 0]` (e.g.
-  `[B, 1]` for per-image sizes against `[B, N, 4]` boxes).
+  `height` / `width` are scalars or arrays of the leading axes of `boxes[..., 0]`
+  (e.g. `[B]` per-image sizes against `[B, N, 4]` or `[B, N, C, 4]` boxes), broadcast
+  over the remaining ones.
   """
   x1, y1, x2, y2 = _split(boxes)
-  height = jnp.asarray(height, boxes.dtype)
-  width = jnp.asarray(width, boxes.dtype)
+
+  def leading(size):
+    size = jnp.asarray(size, boxes.dtype)
+    return size.reshape(size.shape + (1,) * (x1.ndim - size.ndim))
+
+  height, width = leading(height), leading(width)
   return jnp.stack([jnp.clip(x1, 0.0, width), jnp.clip(y1, 0.0, height),
                     jnp.clip(x2, 0.0, width), jnp.clip(y2, 0.0, height)], axis=-1)
 
