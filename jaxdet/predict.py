@@ -149,8 +149,9 @@ def predict_images(config: ml_collections.ConfigDict, variables: dict,
                                             batch_size=batch_size, progress=progress)]
 
 
-def _picture_names(paths: Sequence[str]) -> list[str]:
-  """<stem>.png for each path; ValueError naming both files if two stems collide."""
+def picture_names(paths: Sequence[str]) -> list[str]:
+  """<stem>.png for each path: the pictures `predict_to_folder` draws. ValueError
+  naming both files if two stems collide."""
   names = {}
   for path in paths:
     name = os.path.splitext(os.path.basename(path))[0] + '.png'
@@ -174,7 +175,7 @@ def predict_to_folder(config: ml_collections.ConfigDict, restored, paths: Sequen
   """
   from jaxdet import visualize  # pylint: disable=g-import-not-at-top
   os.makedirs(out_dir, exist_ok=True)
-  pictures = _picture_names(paths)
+  pictures = picture_names(paths)
   results = []
   for image_id, (picture, (path, image, dets)) in enumerate(zip(pictures, iter_detections(
       config, restored.detector, restored.variables, paths, batch_size=batch_size,

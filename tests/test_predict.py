@@ -76,7 +76,7 @@ def test_predict_writes_json_and_pictures(repo_root, shapes_cache, tmp_path):
   with pytest.raises(FileNotFoundError, match='nothing'):
     predict.run(config, workdir, str(tmp_path / 'nothing*.jpg'), out)
   with pytest.raises(ValueError, match='would both be drawn to x.png'):
-    predict._picture_names(['a/x.png', 'b/x.jpg'])
+    predict.picture_names(['a/x.png', 'b/x.jpg'])
 
 
 def test_find_images(tmp_path):

@@ -494,10 +494,10 @@ def test_stage_loss_and_cascade_refinement_with_known_head():
   valid = np.concatenate([np.broadcast_to(props_valid, (2, 20)), gt_mask], 1)
   batch = dict(boxes=jnp.asarray(gt), labels=jnp.asarray([[0, 2, -1], [1, 1, -1]]),
                gt_mask=jnp.asarray(gt_mask))
-  stage = jax.jit(det._stage_loss, static_argnums=(5, 6))  # pylint: disable=protected-access
+  stage = jax.jit(det._stage_loss, static_argnums=(5, 6, 7))  # pylint: disable=protected-access
   loss, metrics, (refined, refined_valid) = stage(
-      variables, pyramid, jnp.asarray(candidates), jnp.asarray(valid), batch, 0,
-      box_output, jax.random.key(0))
+      variables, pyramid, jnp.asarray(candidates), jnp.asarray(valid), batch,
+      det.clip_size(batch), 0, box_output, jax.random.key(0))
 
   num_pos, box_ce = 0, 0.0
   lse = np.log(np.exp(40.0) + m + 1)  # log-sum-exp of a one-hot row

@@ -114,22 +114,25 @@ class TwoStageDetector(base.Detector):
     rpn_rng, *stage_rngs = jax.random.split(rng, 1 + len(self.box_outputs))
     out, model_state = self._features(variables, batch['image'], train=True)
     total, metrics = self.rpn.loss(out['rpn_objectness'], out['rpn_deltas'], batch, rpn_rng)
+    clip = self.clip_size(batch)
     boxes, valid = self.rpn.proposals(out['rpn_objectness'], out['rpn_deltas'], train=True,
-                                      clip_size=self.clip_size(batch))
+                                      clip_size=clip)
     roi = self.config.roi
     for k, box_output in enumerate(self.box_outputs):
       if roi.add_gt_as_proposals:
         boxes = jnp.concatenate([boxes, batch['boxes']], axis=1)
         valid = jnp.concatenate([valid, batch['gt_mask']], axis=1)
       stage_loss, stage_metrics, refined = self._stage_loss(
-          variables, out['pyramid'], boxes, valid, batch, k, box_output, stage_rngs[k])
+          variables, out['pyramid'], boxes, valid, batch, clip, k, box_output,
+          stage_rngs[k])
       total = total + roi.stage_weights[k] * stage_loss
       metrics.update({f'{name}{k}': v for name, v in stage_metrics.items()})
       boxes, valid = refined
     metrics['loss'] = total
     return total, (metrics, model_state)
 
-  def _stage_loss(self, variables, pyramid, candidates, valid, batch, k, box_output, rng):
+  def _stage_loss(self, variables, pyramid, candidates, valid, batch, clip, k, box_output,
+                  rng):
     """One stage: sample RoIs among the candidates, pool, classify and box losses.
 
     Returns:
@@ -165,7 +168,7 @@ class TwoStageDetector(base.Detector):
     predicted = jnp.argmax(out['cls_logits'][..., :self.num_classes], axis=-1)
     refined = box_output.decode(jax.lax.stop_gradient(out['box']), rois,
                                 jnp.where(positive, gt_labels, predicted),
-                                clip_size=self.clip_size(batch))
+                                clip_size=clip)
     is_gt = idx >= candidates.shape[1] - batch['boxes'].shape[1] \
         if roi.add_gt_as_proposals else jnp.zeros_like(sampled)
     return cls_loss + box_loss, metrics, (refined, sampled & ~is_gt)
