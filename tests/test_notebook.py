@@ -14,8 +14,6 @@ def test_quickstart_notebook_runs(repo_root, shapes_cache, tmp_path, monkeypatch
   monkeypatch.setenv('JAXDET_NOTEBOOK_SMOKE', '1')
   monkeypatch.setenv('JAXDET_REPO', repo_root)
   monkeypatch.setenv('JAXDET_SHAPES_CACHE', shapes_cache)
-  # A few dozen smoke steps: compiling XLA's optimizations costs more than they save.
-  monkeypatch.setenv('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
   monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', os.path.join(shapes_cache, 'xla'))
   notebook = nbformat.read(os.path.join(repo_root, 'notebooks', 'quickstart.ipynb'),
                            as_version=4)
