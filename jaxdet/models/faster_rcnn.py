@@ -110,9 +110,7 @@ class FasterRCNN(retinanet_model.ConfiguredModule):
   def setup(self):
     cfg = self.config
     dtype = retinanet_model.compute_dtype(cfg.dtype)
-    self.backbone = resnet.ResNet(
-        depth=cfg.backbone.depth, width=cfg.backbone.width, norm=cfg.backbone.norm,
-        freeze_at=cfg.backbone.freeze_at, style=cfg.backbone.style, dtype=dtype)
+    self.backbone = resnet.from_config(cfg.backbone, dtype)
     self.fpn = fpn_lib.FPN(
         channels=cfg.fpn.channels, min_level=cfg.fpn.min_level,
         max_level=cfg.fpn.max_level, extra_from=cfg.fpn.extra_from, dtype=dtype)

@@ -168,6 +168,15 @@ class ResNet(nn.Module):
     return features
 
 
+def from_config(backbone: Mapping[str, Any], dtype: Dtype,
+                name: str | None = None) -> ResNet:
+  """The ResNet of `config.model.backbone` (depth, width, norm, freeze_at, style)
+  computing in `dtype`."""
+  return ResNet(depth=backbone['depth'], width=backbone['width'], norm=backbone['norm'],
+                freeze_at=backbone['freeze_at'], style=backbone['style'], dtype=dtype,
+                name=name)
+
+
 def frozen_names(freeze_at: int) -> tuple[str, ...]:
   """Top-level backbone submodules frozen by `freeze_at` (see `ResNet`)."""
   return ('stem',) + STAGE_NAMES[:freeze_at] if freeze_at > 0 else ()

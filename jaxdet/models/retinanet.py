@@ -64,10 +64,7 @@ def backbone_pyramid(cfg: ml_collections.ConfigDict, images: jax.Array,
   Call inside a parent's `nn.compact` method: the two submodules become its children
   under those names (the parameter paths loaders and `trainable_mask` rely on).
   """
-  features = resnet.ResNet(
-      depth=cfg.backbone.depth, width=cfg.backbone.width, norm=cfg.backbone.norm,
-      freeze_at=cfg.backbone.freeze_at, style=cfg.backbone.style, dtype=dtype,
-      name='backbone')(images)
+  features = resnet.from_config(cfg.backbone, dtype, name='backbone')(images)
   return fpn_lib.FPN(
       channels=cfg.fpn.channels, min_level=cfg.fpn.min_level,
       max_level=cfg.fpn.max_level, extra_from=cfg.fpn.extra_from, dtype=dtype,
