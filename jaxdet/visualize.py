@@ -110,3 +110,33 @@ def score_iou_scatter(panels: dict, path: str, max_points: int = 20000) -> None:
     ax.grid(alpha=0.3)
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def confusion_plot(matrix: np.ndarray, names: list[str], path: str,
+                   title: str = '') -> None:
+  """Confusion matrix picture: rows = ground-truth class, columns = class of the
+  top-scoring detection on the object plus 'missed' (`class_errors.confusion_matrix`,
+  [C, C + 1] counts); cells show counts, coloured by each row's fraction."""
+  import matplotlib  # Only the analysis tools draw plots; keep training imports light.
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt
+
+  matrix = np.asarray(matrix)
+  fractions = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+  c = len(names)
+  fig, ax = plt.subplots(figsize=(1.0 + 0.6 * (c + 1), 1.0 + 0.55 * c),
+                         constrained_layout=True)
+  ax.imshow(fractions, cmap='Blues', vmin=0, vmax=1)
+  for i in range(c):
+    for j in range(c + 1):
+      if matrix[i, j]:
+        ax.text(j, i, str(matrix[i, j]), ha='center', va='center', fontsize=8,
+                color='white' if fractions[i, j] > 0.5 else 'black')
+  ax.set_xticks(range(c + 1), list(names) + ['missed'], rotation=45, ha='right')
+  ax.set_yticks(range(c), names)
+  ax.set_xlabel('class of the top-scoring detection on the object')
+  ax.set_ylabel('ground-truth class')
+  if title:
+    ax.set_title(title, fontsize=9)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
