@@ -37,16 +37,18 @@ def main(argv):
   from jaxdet.evaluation import class_errors
   from jaxdet.training import loop
 
+  if FLAGS.config.eval.num_images > 0:
+    # Objects of the images the evaluation skipped would count as missed.
+    raise SystemExit(f'config.eval.num_images={FLAGS.config.eval.num_images}: '
+                     'tools/class_errors.py needs detections on the whole eval split; '
+                     'evaluate with --config.eval.num_images=-1 (train.py --mode=eval) '
+                     'and pass the same flag here')
   path = os.path.join(FLAGS.workdir, 'detections_val.json')
   if not os.path.exists(path):
     raise SystemExit(f'{path} not found: evaluate first (python train.py '
                      f'--config=... --workdir={FLAGS.workdir} --mode=eval)')
   with open(path) as f:
     detections = json.load(f)
-  if FLAGS.config.eval.num_images > 0:
-    # Objects of the images the evaluation skipped would count as missed.
-    raise SystemExit('config.eval.num_images: tools/class_errors.py needs detections '
-                     'on the whole eval split (-1)')
   source = sources.build_source(FLAGS.config.data)
   ground_truth = source.coco_ground_truth(loop.EVAL_SPLIT)
   names = list(source.class_names)
