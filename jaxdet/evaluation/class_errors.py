@@ -12,14 +12,9 @@ import collections
 
 import numpy as np
 
-from jaxdet.evaluation.score_iou import box_iou
+from jaxdet.evaluation.score_iou import box_iou, xywh_to_xyxy
 
 MISSED = -1  # top_classes entry of an object no detection overlaps enough
-
-
-def _xyxy(bbox) -> list[float]:
-  x, y, w, h = bbox
-  return [x, y, x + w, y + h]
 
 
 def top_detection_classes(detections: list[dict], ground_truth: dict,
@@ -31,26 +26,30 @@ def top_detection_classes(detections: list[dict], ground_truth: dict,
     (gt_classes [N], top_classes [N], top_scores [N]): category ids, `MISSED` and 0.0
     where no detection overlaps enough. N = non-crowd boxes, in annotation order.
   """
-  by_image = collections.defaultdict(list)
+  objects = [a for a in ground_truth['annotations'] if not a.get('iscrowd', 0)]
+  gt_classes = np.array([a['category_id'] for a in objects], np.int64)
+  top_classes = np.full(len(objects), MISSED, np.int64)
+  top_scores = np.zeros(len(objects), np.float64)
+  dets_of = collections.defaultdict(list)
   for d in detections:
-    by_image[d['image_id']].append(d)
-  gt_classes, top_classes, top_scores = [], [], []
-  for a in ground_truth['annotations']:
-    if a.get('iscrowd', 0):
+    dets_of[d['image_id']].append(d)
+  objects_of = collections.defaultdict(list)
+  for k, a in enumerate(objects):
+    objects_of[a['image_id']].append(k)
+  for image_id, index in objects_of.items():
+    dets = dets_of.get(image_id)
+    if not dets:
       continue
-    dets = by_image.get(a['image_id'], [])
-    best_class, best_score = MISSED, 0.0
-    if dets:
-      ious = box_iou(np.array([_xyxy(a['bbox'])]),
-                     np.array([_xyxy(d['bbox']) for d in dets]))[0]
-      for d, iou in zip(dets, ious):
-        if iou >= iou_threshold and d['score'] > best_score:
-          best_class, best_score = d['category_id'], d['score']
-    gt_classes.append(a['category_id'])
-    top_classes.append(best_class)
-    top_scores.append(best_score)
-  return (np.array(gt_classes, np.int64), np.array(top_classes, np.int64),
-          np.array(top_scores, np.float64))
+    # One IoU matrix per image: [objects, detections].
+    iou = box_iou(xywh_to_xyxy([objects[k]['bbox'] for k in index]),
+                  xywh_to_xyxy([d['bbox'] for d in dets]))
+    scores = np.array([d['score'] for d in dets], np.float64)
+    overlapping = np.where(iou >= iou_threshold, scores[None], 0.0)
+    best = np.argmax(overlapping, axis=1)
+    for k, j, found in zip(index, best, overlapping.max(axis=1) > 0):
+      if found:
+        top_classes[k], top_scores[k] = dets[j]['category_id'], scores[j]
+  return gt_classes, top_classes, top_scores
 
 
 def confusion_matrix(gt_classes: np.ndarray, top_classes: np.ndarray,

@@ -52,7 +52,8 @@ def best_match_ious(det_boxes: np.ndarray, det_classes: np.ndarray,
   return np.max(np.where(same_class, iou, 0.0), axis=1)
 
 
-def _xywh_to_xyxy(boxes):
+def xywh_to_xyxy(boxes) -> np.ndarray:
+  """COCO [x, y, w, h] boxes (any [..., 4] nesting) -> [N, 4] [x1, y1, x2, y2] float64."""
   boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
   return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
 
@@ -84,8 +85,8 @@ def detection_ious(results: list[dict], ground_truth: dict,
   for image_id, index in by_image.items():
     boxes, classes = gt[image_id] if image_id in gt else ([], [])
     ious[index] = best_match_ious(
-        _xywh_to_xyxy([results[i]['bbox'] for i in index]),
-        [results[i]['category_id'] for i in index], _xywh_to_xyxy(boxes), classes)
+        xywh_to_xyxy([results[i]['bbox'] for i in index]),
+        [results[i]['category_id'] for i in index], xywh_to_xyxy(boxes), classes)
   return scores, ious
 
 
